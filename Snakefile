@@ -1,0 +1,26 @@
+# poisoncert: certified defenses against data poisoning by aggregation.
+#   snakemake --cores all                         # the default experiment (config.yaml)
+#   snakemake --cores all --configfile config/<paper>.yaml
+#   snakemake --profile profiles/slurm            # on a SLURM cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/certify.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,75 @@
+# Helpers shared by the rules: config validation, target lists, wildcard constraints.
+import json
+import os
+import sys
+
+_SRC = os.path.join(workflow.basedir, "workflow")
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+# the rules call `python -m poisoncert`; make the package importable there too (also without pip install -e)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
+
+from poisoncert.config import ensembles, validate_config  # noqa: E402
+from poisoncert.errors import PoisonCertError  # noqa: E402
+
+try:
+    _validated = validate_config(config)
+except PoisonCertError as _exc:
+    print(f"poisoncert: invalid config: {_exc}", file=sys.stderr)
+    sys.exit(1)
+config.clear()
+config.update(_validated)
+
+ENSEMBLES = ensembles(config)
+PYTHON = sys.executable  # the interpreter running snakemake, which has poisoncert's dependencies
+
+
+wildcard_constraints:
+    exp="[A-Za-z0-9][A-Za-z0-9_-]*",
+    dataset="[a-z0-9]+",
+    k="[0-9]+",
+    d="[0-9]+",
+    shard="[0-9]+",
+    cert="[a-z_]+",
+
+
+def experiment(wildcards):
+    return config["experiments"][wildcards.exp]
+
+
+def ensemble_dir(exp, k, d):
+    return f"results/{exp}/k{k}_d{d}"
+
+
+def n_shards(n_models):
+    size = config["shard_size"]
+    return (n_models + size - 1) // size
+
+
+def shard_files(wildcards):
+    from poisoncert.partition import n_models
+
+    exp = experiment(wildcards)
+    n = n_models(exp["scheme"], int(wildcards.k), int(wildcards.d))
+    return [f"{ensemble_dir(wildcards.exp, wildcards.k, wildcards.d)}/logits/shard{s}.npz" for s in range(n_shards(n))]
+
+
+def certificate_summaries(exp_name):
+    exp = config["experiments"][exp_name]
+    return [
+        f"{ensemble_dir(exp_name, k, d)}/certificates/{cert}.json"
+        for k in exp["k"]
+        for d in exp["d"]
+        for cert in exp["certificates"]
+    ]
+
+
+def radii_arg():
+    return ",".join(str(r) for r in config["radii"])
+
+
+def all_targets():
+    out = []
+    for name in config["experiments"]:
+        out += [f"results/{name}/report/{f}" for f in ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")]
+    return out

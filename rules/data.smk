@@ -1,0 +1,35 @@
+rule prepare:
+    """Load a dataset into the canonical dataset file (uint8 NCHW, int64 labels, content hash)."""
+    output:
+        "results/data/{dataset}.npz",
+    log:
+        "results/logs/prepare/{dataset}.log",
+    params:
+        root=config["data_root"],
+        download="--download" if config["download"] else "",
+        seed=config["split_seed"],
+    shell:
+        "{PYTHON} -m poisoncert prepare --dataset {wildcards.dataset} --out {output} "
+        "--root {params.root} {params.download} --seed {params.seed} > {log} 2>&1"
+
+
+rule partition:
+    """Every base model's training-set indices (canonical content order) and seed."""
+    input:
+        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+    output:
+        "results/{exp}/k{k}_d{d}/partitions.npz",
+    log:
+        "results/logs/partition/{exp}/k{k}_d{d}.log",
+    params:
+        scheme=lambda wc: experiment(wc)["scheme"],
+        offsets=lambda wc: (
+            "--offsets " + ",".join(map(str, experiment(wc)["offsets"]))
+            if experiment(wc)["offsets"] is not None
+            else ""
+        ),
+        same_seed=lambda wc: "--same-seed" if experiment(wc)["same_seed"] else "",
+        seed_base=lambda wc: experiment(wc)["seed_base"],
+    shell:
+        "{PYTHON} -m poisoncert partition --dataset-file {input} --out {output} --scheme {params.scheme} "
+        "--k {wildcards.k} --d {wildcards.d} {params.offsets} {params.same_seed} --seed-base {params.seed_base} > {log} 2>&1"

@@ -1,0 +1,57 @@
+"""Deep Partition Aggregation certificate (Levine & Feizi, ICLR 2021; papers/000).
+
+Theorem 1 (DPA, unit: insertions + deletions, |T ⊖ U|) and Theorem 2 (SS-DPA, unit: label
+flips) share one formula over the vote counts n_c of the k base classifiers:
+
+    c = argmax_c n_c   (ties to the smaller class index)
+    ρ̄ = floor((n_c - max_{c' != c} (n_{c'} + 1[c' < c])) / 2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import Certificate, check_counts, check_scores, plurality, vote_counts, votes
+
+__all__ = ["dpa", "dpa_from_counts", "gap_certificate"]
+
+
+def gap_certificate(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prediction, runner-up and the tie-adjusted gap n_c - max_{c'!=c}(n_c' + 1[c'<c]).
+
+    The runner-up is the class attaining that max (the smallest index among equals).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n, n_classes = counts.shape
+    pred = plurality(counts)
+    classes = np.arange(n_classes)
+    adjusted = counts + (classes[None, :] < pred[:, None])
+    adjusted[np.arange(n), pred] = np.iinfo(np.int64).min
+    if n_classes == 1:
+        runner = np.zeros(n, dtype=np.int64)
+        gap = counts[:, 0].copy()
+    else:
+        runner = np.argmax(adjusted, axis=1).astype(np.int64)
+        gap = counts[np.arange(n), pred] - adjusted[np.arange(n), runner]
+    return pred, runner, gap
+
+
+def dpa_from_counts(counts: np.ndarray, unit: str = "insertions+deletions") -> Certificate:
+    """DPA Theorem 1 / SS-DPA Theorem 2 from (n_test, n_classes) vote counts."""
+    counts = check_counts(counts)
+    pred, runner, gap = gap_certificate(counts)
+    radius = np.floor_divide(gap, 2)
+    return Certificate(pred, radius.astype(np.int64), unit=unit, detail={"runner_up": runner, "gap": gap})
+
+
+def dpa(scores: np.ndarray, unit: str = "insertions+deletions") -> Certificate:
+    """DPA Theorem 1 (and SS-DPA Theorem 2 with ``unit="label flips"``) from logits.
+
+    ``scores``: (n_test, k, n_classes) logits of the k base classifiers. Each model votes for its
+    argmax class (ties to the smaller index).
+    """
+    scores = check_scores(scores)
+    counts = vote_counts(votes(scores), scores.shape[2])
+    cert = dpa_from_counts(counts, unit=unit)
+    cert.detail["counts"] = counts
+    return cert

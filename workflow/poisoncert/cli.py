@@ -1,0 +1,122 @@
+"""``python -m poisoncert <verb>``: the command line the Snakemake rules call.
+
+Verbs: ``prepare``, ``partition``, ``train``, ``aggregate``, ``certify``, ``report``,
+``check-config``. A :class:`~poisoncert.errors.PoisonCertError` becomes one line on stderr
+(``poisoncert: error: ...``) and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import PoisonCertError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="poisoncert", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("prepare", help="load a dataset into the canonical dataset file")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--root", default="data", help="folder of the torchvision datasets")
+    s.add_argument("--download", action="store_true")
+    s.add_argument("--seed", type=int, default=0, help="train/test split seed (digits)")
+
+    s = sub.add_parser("partition", help="write every base model's training-set indices")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--scheme", required=True)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--d", type=int, default=1)
+    s.add_argument("--offsets", type=_int_list, default=None, help="FA spread offsets, e.g. 3,17")
+    s.add_argument("--same-seed", action="store_true")
+    s.add_argument("--seed-base", type=int, default=0)
+
+    s = sub.add_parser("train", help="train one shard of base models, write their test logits")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--partitions", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard", type=int, required=True)
+    s.add_argument("--shard-size", type=int, required=True)
+    s.add_argument("--train-config", default="{}", help="JSON of TrainConfig fields")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("aggregate", help="gather shard logits into the scores file")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--partitions", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--experiment", default="{}", help="JSON of the experiment's config (recorded)")
+    s.add_argument("shards", nargs="+")
+
+    s = sub.add_parser("certify", help="certify a scores file (ours or one trained elsewhere)")
+    s.add_argument("scores")
+    s.add_argument("--certificate", required=True, help="dpa, fa, dpa_roe, fa_roe, dpa_star_roe")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--radii", type=_int_list, default=[0, 1, 2, 4, 8, 16])
+    s.add_argument("--k", type=int, default=None, help="override/supply k (FA, DPA*)")
+    s.add_argument("--d", type=int, default=None)
+    s.add_argument("--offsets", type=_int_list, default=None)
+
+    s = sub.add_parser("report", help="table and figure from certificate summaries")
+    s.add_argument("summaries", nargs="+")
+    s.add_argument("--radii", type=_int_list, default=[0, 1, 2, 4, 8, 16])
+    s.add_argument("--title", default="certified accuracy")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-png", required=True)
+    s.add_argument("--out-pdf", required=True)
+
+    s = sub.add_parser("check-config", help="validate a config file and print it with defaults")
+    s.add_argument("config")
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from . import stages
+
+    if args.verb == "prepare":
+        stages.prepare(args.dataset, args.out, args.root, args.download, args.seed)
+    elif args.verb == "partition":
+        stages.partition(args.dataset_file, args.out, args.scheme, args.k, args.d, args.offsets, args.same_seed, args.seed_base)
+    elif args.verb == "train":
+        stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress)
+    elif args.verb == "aggregate":
+        stages.aggregate(args.dataset_file, args.partitions, args.shards, args.out, json.loads(args.experiment))
+    elif args.verb == "certify":
+        stages.run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, {"k": args.k, "d": args.d, "offsets": args.offsets})
+    elif args.verb == "report":
+        from .report import write_report
+
+        write_report(args.summaries, args.radii, args.title, args.out_csv, args.out_md, args.out_png, args.out_pdf)
+    elif args.verb == "check-config":
+        from .config import load_config_file
+
+        print(json.dumps(load_config_file(args.config), indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except PoisonCertError as exc:
+        print(f"poisoncert: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Config validation: JSON schema (with defaults filled in) plus checks the schema cannot express.
+
+The Snakefile calls :func:`validate_config` before building the DAG, so a bad config stops the
+workflow before any job, with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+
+from .data import TRAIN_SIZES
+from .errors import PoisonCertError
+from .partition import n_models
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+#: Certificates each scheme's ensemble supports, the first being the default.
+CERTIFICATES: dict[str, tuple[str, ...]] = {
+    "dpa": ("dpa", "dpa_roe"),
+    "ssdpa": ("dpa",),
+    "fa": ("fa", "fa_roe"),
+    "dpa_star": ("dpa_star_roe", "dpa"),
+}
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(cls):
+    validate_props = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(Draft202012Validator)
+
+
+def _path(error) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def _message(error) -> str:
+    key = _path(error)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        return f"config key {key}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"config key {key}: {error.instance!r} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "propertyNames":
+        return f"config key {key}: experiment name {error.instance!r} must use only letters, digits, '_' and '-'"
+    desc = schema.get("description", "")
+    hint = f" ({desc.strip().split('.')[0]})" if desc else ""
+    return f"config key {key}: {error.message}{hint}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` (a dict as loaded from YAML), fill defaults, and return it.
+
+    Raises :class:`PoisonCertError` with one line naming the offending key.
+    """
+    if not isinstance(config, dict):
+        raise PoisonCertError("the config must be a mapping of keys to values (see config.yaml)")
+    cfg = copy.deepcopy(config)
+    schema = load_schema()
+    error = best_match(_Validator(schema).iter_errors(cfg))
+    if error is not None:
+        raise PoisonCertError(_message(error))
+    for name, exp in cfg["experiments"].items():
+        scheme = exp["scheme"]
+        allowed = CERTIFICATES[scheme]
+        exp.setdefault("certificates", [allowed[0]])
+        bad = [c for c in exp["certificates"] if c not in allowed]
+        if bad:
+            raise PoisonCertError(
+                f"config key experiments.{name}.certificates: {', '.join(bad)} cannot certify a '{scheme}' ensemble; allowed: {', '.join(allowed)}"
+            )
+        if scheme in ("dpa", "ssdpa") and exp["d"] != [1]:
+            raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1] (or scheme fa / dpa_star)")
+        if exp["offsets"] is not None:
+            if scheme != "fa" or len(exp["d"]) != 1:
+                raise PoisonCertError(f"config key experiments.{name}.offsets: offsets are for scheme 'fa' with a single d")
+            from .partition import check_offsets
+
+            for k in exp["k"]:
+                try:
+                    check_offsets(exp["offsets"], k, exp["d"][0])
+                except PoisonCertError as exc:
+                    raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
+        n_train = TRAIN_SIZES[exp["dataset"]]
+        for k in exp["k"]:
+            for d in exp["d"]:
+                n_split = k * d if scheme == "fa" else k
+                if n_split > n_train:
+                    what = "k*d" if scheme == "fa" else "k"
+                    raise PoisonCertError(
+                        f"config key experiments.{name}.k: {what}={n_split} is larger than the {exp['dataset']} training set "
+                        f"({n_train} samples); choose {what} <= {n_train}"
+                    )
+    return cfg
+
+
+def ensembles(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (experiment, k, d) ensemble of a validated config, with its number of base models."""
+    out = []
+    for name, exp in cfg["experiments"].items():
+        for k in exp["k"]:
+            for d in exp["d"]:
+                out.append({"exp": name, "k": k, "d": d, "n_models": n_models(exp["scheme"], k, d), **{kk: exp[kk] for kk in ("dataset", "scheme")}})
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file."""
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise PoisonCertError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise PoisonCertError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return validate_config(raw or {})

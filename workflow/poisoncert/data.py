@@ -1,0 +1,307 @@
+"""Datasets in one canonical form, and the file that holds them.
+
+Every dataset lands in a :class:`Dataset`: uint8 images (N, C, H, W), int64 labels, a train and a
+test split, and a content hash. ``digits`` (scikit-learn's bundled 8x8 digits) needs no network
+and is the default; ``mnist``, ``mnist17``, ``cifar10`` and ``gtsrb`` load through torchvision
+from a configurable root and download only when asked to.
+
+The canonical file is an uncompressed ``.npz`` with the arrays ``train_images``,
+``train_labels``, ``test_images``, ``test_labels`` and a JSON ``meta`` string (name, classes,
+shape, content hash). It is written atomically (temporary file, then rename), so an
+interrupted write never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import PoisonCertError
+
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "TRAIN_SIZES",
+    "load_dataset",
+    "save_dataset",
+    "read_dataset",
+    "content_hash",
+    "canonical_order",
+    "atomic_savez",
+    "atomic_write_text",
+    "load_npz",
+]
+
+
+@dataclass
+class Dataset:
+    """A dataset in canonical form: uint8 images (N, C, H, W) and int64 labels for train and test."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    n_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x = getattr(self, f"{split}_images")
+            y = getattr(self, f"{split}_labels")
+            if x.dtype != np.uint8 or x.ndim != 4:
+                raise PoisonCertError(f"{self.name}: {split} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+            if y.ndim != 1 or len(y) != len(x):
+                raise PoisonCertError(f"{self.name}: {split} labels must be one per image ({len(y)} labels, {len(x)} images)")
+            if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
+                raise PoisonCertError(f"{self.name}: {split} labels must lie in [0, {self.n_classes})")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise PoisonCertError(f"{self.name}: train and test images differ in shape")
+        self.train_labels = self.train_labels.astype(np.int64, copy=False)
+        self.test_labels = self.test_labels.astype(np.int64, copy=False)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    def meta(self) -> dict:
+        return {
+            "name": self.name,
+            "n_classes": int(self.n_classes),
+            "class_names": list(self.class_names),
+            "image_shape": list(self.image_shape),
+            "n_train": int(len(self.train_labels)),
+            "n_test": int(len(self.test_labels)),
+            "content_hash": content_hash(self),
+        }
+
+
+def content_hash(ds: Dataset) -> str:
+    """SHA-256 over the four arrays (shape, dtype and bytes): identifies the data a run used."""
+    h = hashlib.sha256()
+    for arr in (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Permutation that sorts samples lexicographically by pixel bytes, then label.
+
+    DPA paper Section 2.2.1: "a lexical sort by pixel values, with the labels concatenated to the
+    samples as an additional value". Sorting a training set by content makes anything computed
+    from it independent of the order in which the samples were read. Stable, so exact duplicates
+    keep their relative order (which cannot matter: they are identical).
+    """
+    n = len(labels)
+    rows = np.empty((n, int(np.prod(images.shape[1:])) + 8), dtype=np.uint8)
+    rows[:, :-8] = images.reshape(n, -1)
+    rows[:, -8:] = np.asarray(labels, dtype=">i8").view(np.uint8).reshape(n, 8)
+    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+    return np.argsort(keys, kind="stable")
+
+
+# ----------------------------------------------------------------------------------------------
+# loaders
+
+
+def _digits(root: Path, download: bool, seed: int, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), no network.
+
+    Pixel values 0..16 are mapped to uint8 by round(v * 255 / 16). The train/test split is a
+    fixed permutation from ``numpy.random.default_rng(seed)``; ``test_fraction`` goes to test.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, [str(i) for i in range(10)])
+
+
+def _torchvision_error(name: str, root: Path, files: list[str], exc: Exception) -> PoisonCertError:
+    where = ", ".join(files)
+    return PoisonCertError(
+        f"dataset '{name}' not found under {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        f"put {where} there (or set data_root in the config), or set download: true on a machine with internet"
+    )
+
+
+def _images_to_nchw(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3:  # N, H, W
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3):  # N, H, W, C
+        arr = arr.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def _mnist(root: Path, download: bool, seed: int, digits: tuple[int, ...] | None = None, name: str = "mnist") -> Dataset:
+    from torchvision import datasets
+
+    try:
+        tr = datasets.MNIST(str(root), train=True, download=download)
+        te = datasets.MNIST(str(root), train=False, download=download)
+    except Exception as exc:  # torchvision raises RuntimeError("Dataset not found...") or URLError
+        raise _torchvision_error(
+            name,
+            root,
+            [f"{root}/MNIST/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
+            exc,
+        ) from None
+    xtr, ytr = _images_to_nchw(tr.data.numpy()), tr.targets.numpy().astype(np.int64)
+    xte, yte = _images_to_nchw(te.data.numpy()), te.targets.numpy().astype(np.int64)
+    names = [str(i) for i in range(10)]
+    if digits is not None:
+        # keep only the given digits, relabelled 0..len(digits)-1 in the given order
+        lut = np.full(10, -1, dtype=np.int64)
+        lut[list(digits)] = np.arange(len(digits))
+        mtr, mte = lut[ytr] >= 0, lut[yte] >= 0
+        xtr, ytr, xte, yte = xtr[mtr], lut[ytr[mtr]], xte[mte], lut[yte[mte]]
+        names = [str(d) for d in digits]
+    return Dataset(name, xtr, ytr, xte, yte, len(names), names)
+
+
+def _mnist17(root: Path, download: bool, seed: int) -> Dataset:
+    """MNIST restricted to the digits 1 and 7 (labels 0 and 1), DPA paper App. B."""
+    return _mnist(root, download, seed, digits=(1, 7), name="mnist17")
+
+
+def _cifar10(root: Path, download: bool, seed: int) -> Dataset:
+    from torchvision import datasets
+
+    try:
+        tr = datasets.CIFAR10(str(root), train=True, download=download)
+        te = datasets.CIFAR10(str(root), train=False, download=download)
+    except Exception as exc:
+        raise _torchvision_error("cifar10", root, [f"{root}/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"], exc) from None
+    return Dataset(
+        "cifar10",
+        _images_to_nchw(tr.data),
+        np.asarray(tr.targets, dtype=np.int64),
+        _images_to_nchw(te.data),
+        np.asarray(te.targets, dtype=np.int64),
+        10,
+        list(tr.classes),
+    )
+
+
+GTSRB_SIZE = 32
+
+
+def _gtsrb(root: Path, download: bool, seed: int) -> Dataset:
+    """GTSRB (43 classes), every image resized to 32x32 RGB as in the FA paper's setup."""
+    from torchvision import datasets, transforms
+
+    resize = transforms.Resize((GTSRB_SIZE, GTSRB_SIZE))
+    try:
+        splits = [datasets.GTSRB(str(root), split=s, download=download) for s in ("train", "test")]
+    except Exception as exc:
+        raise _torchvision_error("gtsrb", root, [f"{root}/gtsrb/GTSRB/Training/, {root}/gtsrb/GTSRB/Final_Test/ and {root}/gtsrb/GT-final_test.csv"], exc) from None
+    out = []
+    for ds in splits:
+        xs = np.empty((len(ds), 3, GTSRB_SIZE, GTSRB_SIZE), dtype=np.uint8)
+        ys = np.empty(len(ds), dtype=np.int64)
+        for i in range(len(ds)):
+            img, label = ds[i]
+            xs[i] = np.asarray(resize(img.convert("RGB")), dtype=np.uint8).transpose(2, 0, 1)
+            ys[i] = label
+        out.append((xs, ys))
+    return Dataset("gtsrb", out[0][0], out[0][1], out[1][0], out[1][1], 43, [str(i) for i in range(43)])
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits,
+    "mnist": _mnist,
+    "mnist17": _mnist17,
+    "cifar10": _cifar10,
+    "gtsrb": _gtsrb,
+}
+
+#: Training-set sizes, known without loading (config checks such as "k larger than the training set").
+TRAIN_SIZES: dict[str, int] = {"digits": 1438, "mnist": 60000, "mnist17": 13007, "cifar10": 50000, "gtsrb": 26640}
+
+
+def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = False, seed: int = 0) -> Dataset:
+    """Load dataset ``name`` into canonical form (raises :class:`PoisonCertError` with a fix)."""
+    if name not in DATASETS:
+        raise PoisonCertError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](Path(root), download, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` to a temporary file beside ``path``, then rename: no partial file survives a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read a whole ``.npz`` file, turning a missing, truncated or foreign file into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise PoisonCertError(f"{what} file {path} does not exist; run the step that writes it first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {key: z[key] for key in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); delete it and rerun the workflow") from None
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise PoisonCertError(f"{what} file {path} lacks {', '.join(missing)}; it is not a poisoncert {what} file (rerun the step that writes it)")
+    return out
+
+
+def save_dataset(ds: Dataset, path: str | os.PathLike) -> dict:
+    """Write the canonical dataset file; returns its metadata (including the content hash)."""
+    meta = ds.meta()
+    atomic_savez(
+        path,
+        train_images=ds.train_images,
+        train_labels=ds.train_labels,
+        test_images=ds.test_images,
+        test_labels=ds.test_labels,
+        meta=np.array(json.dumps(meta)),
+    )
+    return meta
+
+
+def read_dataset(path: str | os.PathLike) -> Dataset:
+    """Read a canonical dataset file, checking its content hash."""
+    z = load_npz(path, "dataset", ("train_images", "train_labels", "test_images", "test_labels", "meta"))
+    meta = json.loads(str(z["meta"]))
+    ds = Dataset(meta["name"], z["train_images"], z["train_labels"], z["test_images"], z["test_labels"], meta["n_classes"], meta.get("class_names", []))
+    if content_hash(ds) != meta["content_hash"]:
+        raise PoisonCertError(f"dataset file {path} does not match its recorded content hash; delete it and rerun 'prepare'")
+    return ds

@@ -1,0 +1,203 @@
+"""Training sets of the base models: which training samples each base model sees.
+
+Every scheme returns a :class:`Partitions`: for each base model, the indices of its training
+samples in the canonical training set, sorted in canonical content order
+(:func:`poisoncert.data.canonical_order`), and the model's training seed. Indices may repeat
+(bagging with replacement) but never across the deterministic schemes' buckets.
+
+Schemes (the papers' definitions):
+
+* ``dpa``      DPA paper eq. (1): bucket = h(t) mod k with h = sum of the uint8 pixel values.
+* ``ssdpa``    DPA paper eq. (7): bucket = index of the image in the sorted list of the unique
+               unlabeled training images, mod k (label flips cannot move a sample).
+* ``fa``       FA paper Definition 1: split bucket j = h(t) mod kd, spread with offsets R
+               (|R| = d): model i is trained on every bucket j with (j + r) mod kd = i, r in R.
+* ``dpa_star`` ROE paper Section 4.1: the DPA partitions, d models per partition with
+               different seeds; model index = partition * d + j.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import atomic_savez, canonical_order, load_npz
+from .errors import PoisonCertError
+
+__all__ = [
+    "Partitions",
+    "SCHEMES",
+    "pixel_sum_hash",
+    "sorted_index",
+    "default_fa_offsets",
+    "check_offsets",
+    "n_models",
+    "make_partitions",
+    "save_partitions",
+    "read_partitions",
+]
+
+SCHEMES = ("dpa", "ssdpa", "fa", "dpa_star")
+
+
+@dataclass
+class Partitions:
+    """Index lists of every base model's training set (CSR layout) and the models' seeds."""
+
+    scheme: str
+    k: int
+    d: int
+    indices: np.ndarray  # int64, concatenated index lists
+    bounds: np.ndarray  # int64 (n_models + 1,), model m owns indices[bounds[m]:bounds[m+1]]
+    seeds: np.ndarray  # int64 (n_models,)
+    offsets: list[int] = field(default_factory=list)  # FA spread offsets R
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.bounds) - 1
+
+    def members(self, m: int) -> np.ndarray:
+        return self.indices[self.bounds[m] : self.bounds[m + 1]]
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def meta(self) -> dict:
+        return {"scheme": self.scheme, "k": self.k, "d": self.d, "offsets": list(map(int, self.offsets)), "n_models": self.n_models, **self.extra}
+
+
+def pixel_sum_hash(images: np.ndarray) -> np.ndarray:
+    """h(t) = sum of the uint8 pixel values of the image (DPA paper Section 2.2, FA reference)."""
+    n = len(images)
+    return images.reshape(n, -1).sum(axis=1, dtype=np.int64)
+
+
+def sorted_index(images: np.ndarray) -> np.ndarray:
+    """index(T_sorted, sample(t)): rank of each image among the sorted *unique* unlabeled images (DPA eq. 6-7).
+
+    Identical images share one index, so they share a partition whatever their labels.
+    """
+    n = len(images)
+    keys = np.ascontiguousarray(images.reshape(n, -1)).view(np.dtype((np.void, int(np.prod(images.shape[1:]))))).ravel()
+    _, inverse = np.unique(keys, return_inverse=True)
+    return inverse.astype(np.int64).ravel()
+
+
+def default_fa_offsets(k: int, d: int) -> list[int]:
+    """The spread offsets R of the FA reference code: ``random.seed(999999999 + 208); random.sample(range(k*d), d)``."""
+    rng = random.Random(999999999 + 208)
+    return rng.sample(range(k * d), d)
+
+
+def check_offsets(offsets, k: int, d: int) -> list[int]:
+    """Offsets must be d distinct integers in [0, kd)."""
+    r = [int(x) for x in offsets]
+    if len(r) != d:
+        raise PoisonCertError(f"FA needs exactly d={d} spread offsets, got {len(r)}")
+    if len(set(r)) != d:
+        raise PoisonCertError(f"FA spread offsets must be distinct, got {r}")
+    if any(x < 0 or x >= k * d for x in r):
+        raise PoisonCertError(f"FA spread offsets must lie in [0, k*d) = [0, {k * d}), got {r}")
+    return r
+
+
+def n_models(scheme: str, k: int, d: int) -> int:
+    """Number of base models the scheme trains (known from the config alone)."""
+    if scheme in ("dpa", "ssdpa"):
+        return k
+    if scheme in ("fa", "dpa_star"):
+        return k * d
+    raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
+
+
+def _csr(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    bounds = np.zeros(len(groups) + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum([len(g) for g in groups])
+    indices = np.concatenate(groups).astype(np.int64) if groups else np.zeros(0, np.int64)
+    return indices, bounds
+
+
+def _groups_by_bucket(bucket: np.ndarray, n_buckets: int, order: np.ndarray) -> list[np.ndarray]:
+    """For each bucket, the sample indices in canonical order (``order`` = canonical permutation)."""
+    b = bucket[order]
+    sorted_by_bucket = np.argsort(b, kind="stable")  # keeps canonical order inside each bucket
+    members = order[sorted_by_bucket]
+    cuts = np.searchsorted(b[sorted_by_bucket], np.arange(n_buckets + 1))
+    return [members[cuts[i] : cuts[i + 1]] for i in range(n_buckets)]
+
+
+def make_partitions(
+    images: np.ndarray,
+    labels: np.ndarray,
+    scheme: str,
+    k: int,
+    d: int = 1,
+    offsets: list[int] | None = None,
+    same_seed: bool = False,
+    seed_base: int = 0,
+) -> Partitions:
+    """Build every base model's training set for ``scheme`` (see the module docstring).
+
+    Seeds: model m is seeded with ``seed_base + m`` (the partition index, DPA paper Section
+    2.2.1), or ``seed_base`` for every model when ``same_seed`` (DPA paper App. F ablation).
+    """
+    n = len(labels)
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise PoisonCertError(f"k must be a positive integer, got {k}")
+    if not isinstance(d, (int, np.integer)) or d < 1:
+        raise PoisonCertError(f"d must be a positive integer, got {d}")
+    if scheme not in SCHEMES:
+        raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    n_split = k * d if scheme == "fa" else k
+    if n_split > n:
+        what = "k*d" if scheme == "fa" else "k"
+        raise PoisonCertError(f"{what}={n_split} is larger than the training set ({n} samples); choose {what} <= {n}")
+    order = canonical_order(images, labels)
+    used_offsets: list[int] = []
+    if scheme in ("dpa", "dpa_star"):
+        groups = _groups_by_bucket(pixel_sum_hash(images) % k, k, order)
+        if scheme == "dpa_star":
+            groups = [g for g in groups for _ in range(d)]
+    elif scheme == "ssdpa":
+        groups = _groups_by_bucket(sorted_index(images) % k, k, order)
+    else:  # fa
+        kd = k * d
+        used_offsets = check_offsets(default_fa_offsets(k, d) if offsets is None else offsets, k, d)
+        buckets = _groups_by_bucket(pixel_sum_hash(images) % kd, kd, order)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        groups = []
+        for i in range(kd):
+            # model i <- buckets j with (j + r) mod kd == i, i.e. j = (i - r) mod kd
+            idx = np.concatenate([buckets[(i - r) % kd] for r in used_offsets])
+            groups.append(idx[np.argsort(rank[idx], kind="stable")])
+    indices, bounds = _csr(groups)
+    m = len(groups)
+    seeds = np.full(m, seed_base, dtype=np.int64) if same_seed else seed_base + np.arange(m, dtype=np.int64)
+    parts = Partitions(scheme, int(k), int(d), indices, bounds, seeds, used_offsets, {"same_seed": bool(same_seed)})
+    empty = int((parts.sizes() == 0).sum())
+    if empty:
+        warnings.warn(
+            f"{empty} of {m} base models have an empty training set (k={k} is large for {n} samples); "
+            "they are left at their seeded initialisation and vote like any other model",
+            stacklevel=2,
+        )
+    return parts
+
+
+def save_partitions(parts: Partitions, path: str | os.PathLike, dataset_hash: str) -> None:
+    atomic_savez(path, indices=parts.indices, bounds=parts.bounds, seeds=parts.seeds, meta=np.array(json.dumps({**parts.meta(), "dataset_hash": dataset_hash})))
+
+
+def read_partitions(path: str | os.PathLike) -> tuple[Partitions, dict]:
+    z = load_npz(path, "partition", ("indices", "bounds", "seeds", "meta"))
+    meta = json.loads(str(z["meta"]))
+    extra = {k: v for k, v in meta.items() if k not in ("scheme", "k", "d", "offsets", "n_models", "dataset_hash")}
+    parts = Partitions(meta["scheme"], meta["k"], meta["d"], z["indices"], z["bounds"], z["seeds"], meta["offsets"], extra)
+    return parts, meta

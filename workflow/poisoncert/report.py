@@ -1,0 +1,114 @@
+"""Tables and figures from certificate summaries (the ``report`` stage)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import atomic_write_text
+from .errors import PoisonCertError
+
+__all__ = ["read_summaries", "summary_table", "plot_certified_accuracy", "write_report"]
+
+CERT_LABELS = {"dpa": "DPA", "fa": "FA", "dpa_roe": "DPA+ROE", "fa_roe": "FA+ROE", "dpa_star_roe": "DPA*+ROE"}
+
+
+def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        try:
+            out.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PoisonCertError(f"certificate summary {p} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
+    return out
+
+
+def _label(s: dict[str, Any]) -> str:
+    name = CERT_LABELS.get(s["certificate"], s["certificate"])
+    if s.get("scheme") == "ssdpa":
+        name = "SS-DPA"
+    dpart = f", d={s['d']}" if s.get("d", 1) != 1 or s.get("scheme") in ("fa", "dpa_star") else ""
+    return f"{name} k={s.get('k', '?')}{dpart}"
+
+
+def summary_table(summaries: list[dict[str, Any]], radii: list[int]):
+    """One row per (ensemble, certificate): the columns of DPA Table 1 plus certified accuracy at ``radii``."""
+    import pandas as pd
+
+    rows = []
+    for s in summaries:
+        row = {
+            "dataset": s.get("dataset", ""),
+            "scheme": s.get("scheme", ""),
+            "certificate": s["certificate"],
+            "k": s.get("k"),
+            "d": s.get("d"),
+            "n_models": s["n_models"],
+            "unit": s["unit"],
+            "clean_accuracy": s["clean_accuracy"],
+            "mean_base_accuracy": s["mean_base_accuracy"],
+            "median_certified_radius": s["median_certified_radius"],
+        }
+        for r in radii:
+            row[f"cert_acc@{r}"] = s["certified_accuracy"].get(str(r), float(np.interp(r, s["curve"]["radius"], s["curve"]["certified_accuracy"], right=0.0)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(df) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float) and c != "median_certified_radius":
+                cells.append(f"{100 * v:.2f}%" if ("acc" in c) else f"{v:g}")
+            elif v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("N/A")
+            else:
+                cells.append(str(int(v)) if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: str, pdf: str) -> None:
+    """Certified accuracy vs attack size, one curve per (k, d, certificate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = sorted({s["unit"] for s in summaries})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    for s in sorted(summaries, key=lambda s: (s["certificate"], s.get("k", 0), s.get("d", 0))):
+        r = np.asarray(s["curve"]["radius"])
+        a = np.asarray(s["curve"]["certified_accuracy"])
+        ax.step(r, 100 * a, where="post", label=_label(s))
+    ax.set_xlabel(f"attack size ({' / '.join(units)})")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    for path in (png, pdf):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}{Path(path).suffix}")
+        fig.savefig(tmp, dpi=150)
+        os.replace(tmp, path)
+    plt.close(fig)
+
+
+def write_report(summary_files: list[str], radii: list[int], title: str, out_csv: str, out_md: str, out_png: str, out_pdf: str) -> None:
+    summaries = read_summaries(summary_files)
+    df = summary_table(summaries, radii)
+    df = df.sort_values(["certificate", "k", "d"], kind="stable").reset_index(drop=True)
+    atomic_write_text(out_csv, df.to_csv(index=False))
+    atomic_write_text(out_md, f"# {title}\n\n" + _markdown(df))
+    plot_certified_accuracy(summaries, title, out_png, out_pdf)
+    print(_markdown(df))

@@ -1,0 +1,277 @@
+"""The workflow's stages as functions of file paths: the thin I/O layer around the pure maths.
+
+Each Snakemake rule calls one CLI verb (``python -m poisoncert <verb>``), which calls one
+function here. Every output is written atomically, so a failed or interrupted step never leaves a
+file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import certify
+from .data import atomic_savez, atomic_write_text, load_dataset, load_npz, read_dataset, save_dataset
+from .errors import PoisonCertError
+from .partition import make_partitions, read_partitions, save_partitions
+
+__all__ = [
+    "prepare",
+    "partition",
+    "shard_range",
+    "train",
+    "aggregate",
+    "read_scores",
+    "write_scores",
+    "CERTIFICATES",
+    "certify_scores",
+    "run_certify",
+]
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(name: str, out: str | os.PathLike, root: str = "data", download: bool = False, seed: int = 0) -> dict:
+    """Load dataset ``name`` and write the canonical dataset file ``out``."""
+    ds = load_dataset(name, root=root, download=download, seed=seed)
+    meta = save_dataset(ds, out)
+    print(f"prepared {name}: {meta['n_train']} train, {meta['n_test']} test, images {tuple(meta['image_shape'])}, sha256 {meta['content_hash'][:12]}")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- partition
+
+
+def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offsets: list[int] | None = None, same_seed: bool = False, seed_base: int = 0) -> None:
+    """Write every base model's training-set indices (canonical order) and seed."""
+    ds = read_dataset(dataset_file)
+    parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base)
+    save_partitions(parts, out, ds.meta()["content_hash"])
+    sizes = parts.sizes()
+    print(f"{scheme} k={k} d={d}: {parts.n_models} base models, training-set sizes min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}")
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def shard_range(shard: int, shard_size: int, n_models: int) -> range:
+    """Models of shard ``shard``: fixed by index and shard_size alone, never by data."""
+    if shard_size < 1:
+        raise PoisonCertError(f"shard_size must be >= 1, got {shard_size}")
+    first = shard * shard_size
+    if shard < 0 or first >= n_models:
+        raise PoisonCertError(f"shard {shard} is out of range: {n_models} models in shards of {shard_size}")
+    return range(first, min(first + shard_size, n_models))
+
+
+def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_config: dict[str, Any], device: str = "auto", threads: int = 1, progress: bool = True) -> None:
+    """Train the base models of one shard and write their test-set logits."""
+    import torch
+
+    from .train import TrainConfig, train_shard
+
+    torch.set_num_threads(threads)
+    ds = read_dataset(dataset_file)
+    parts, pmeta = read_partitions(partitions_file)
+    if pmeta["dataset_hash"] != ds.meta()["content_hash"]:
+        raise PoisonCertError(f"{partitions_file} was made from other data than {dataset_file}; rerun the partition step")
+    models = shard_range(shard, shard_size, parts.n_models)
+    train_sets = [(ds.train_images[parts.members(m)], ds.train_labels[parts.members(m)]) for m in models]
+    seeds = [int(parts.seeds[m]) for m in models]
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in train_config.items()}
+    try:
+        cfg = TrainConfig(**fields)
+    except TypeError as exc:
+        raise PoisonCertError(f"bad training configuration: {exc}") from None
+    dev = None if device == "auto" else device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError("device: cuda was asked for but no GPU is visible; set device: auto or cpu")
+    logits = train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=dev, progress=progress)
+    used_device = dev or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {
+        "models": [models.start, models.stop],
+        "seeds": seeds,
+        "shard_size": shard_size,
+        "device": used_device if used_device == "cpu" else f"cuda:{torch.cuda.get_device_name(0)}",
+        "threads": threads,
+        "torch": torch.__version__,
+        "train": train_config,
+        "dataset_hash": pmeta["dataset_hash"],
+    }
+    atomic_savez(out, logits=np.asarray(logits, dtype=np.float32), meta=np.array(json.dumps(meta)))
+
+
+# ---------------------------------------------------------------------------------------------- aggregate
+
+
+def write_scores(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write the public scores file: float32 (n_test, n_models, n_classes), int64 labels, JSON meta."""
+    scores = np.asarray(scores, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    certify.check_scores(scores)
+    if labels.shape != (scores.shape[0],):
+        raise PoisonCertError(f"labels must have shape ({scores.shape[0]},), got {labels.shape}")
+    atomic_savez(path, scores=scores, labels=labels, meta=np.array(json.dumps(meta)))
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a scores file (ours, or one a user made from an ensemble trained elsewhere).
+
+    Required arrays: ``scores`` (n_test, n_models, n_classes) and ``labels`` (n_test,). ``meta``
+    (a JSON string) is optional for user files; it should say ``scheme``, ``k`` and ``d``.
+    """
+    z = load_npz(path, "scores", ("scores", "labels"))
+    scores = certify.check_scores(z["scores"], name=f"scores in {path}")
+    labels = z["labels"]
+    if labels.shape != (scores.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise PoisonCertError(f"labels in {path} must be integers of shape ({scores.shape[0]},), got {labels.dtype} {labels.shape}")
+    meta = json.loads(str(z["meta"])) if "meta" in z else {}
+    return scores, labels.astype(np.int64), meta
+
+
+def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], out: str, experiment: dict[str, Any]) -> None:
+    """Gather every shard's logits into the scores file, checking that nothing is missing or stale."""
+    ds = read_dataset(dataset_file)
+    parts, pmeta = read_partitions(partitions_file)
+    n = parts.n_models
+    scores = np.empty((len(ds.test_labels), n, ds.n_classes), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    shard_meta = None
+    for f in shard_files:
+        z = load_npz(f, "logits", ("logits", "meta"))
+        m = json.loads(str(z["meta"]))
+        if m["dataset_hash"] != pmeta["dataset_hash"]:
+            raise PoisonCertError(f"{f} was trained on other data; delete it and rerun")
+        a, b = m["models"]
+        if z["logits"].shape != (b - a, len(ds.test_labels), ds.n_classes):
+            raise PoisonCertError(f"{f} holds logits of shape {z['logits'].shape}, expected {(b - a, len(ds.test_labels), ds.n_classes)}; delete it and rerun")
+        if list(m["seeds"]) != [int(s) for s in parts.seeds[a:b]]:
+            raise PoisonCertError(f"{f} was trained with other seeds than {partitions_file} says; delete it and rerun")
+        scores[:, a:b] = np.transpose(z["logits"], (1, 0, 2))
+        seen[a:b] = True
+        shard_meta = shard_meta or m
+    if not seen.all():
+        raise PoisonCertError(f"models {np.flatnonzero(~seen)[:10].tolist()}... have no logits among the {len(shard_files)} shard files")
+    meta = {
+        **parts.meta(),
+        "seeds": parts.seeds.tolist(),
+        "dataset": ds.name,
+        "dataset_hash": pmeta["dataset_hash"],
+        "n_classes": ds.n_classes,
+        "partition_sizes": parts.sizes().tolist(),
+        "shard_size": shard_meta["shard_size"],
+        "device": shard_meta["device"],
+        "threads": shard_meta["threads"],
+        "torch": shard_meta["torch"],
+        "train": shard_meta["train"],
+        "experiment": experiment,
+    }
+    write_scores(out, scores, ds.test_labels, meta)
+    print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
+
+
+# ---------------------------------------------------------------------------------------------- certify
+
+
+def _need(meta: dict[str, Any], *keys: str) -> list[Any]:
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise PoisonCertError(f"this certificate needs {', '.join(missing)} in the scores metadata (or on the command line: --k, --d, --offsets)")
+    return [meta[k] for k in keys]
+
+
+def _cert_dpa(scores, meta):
+    unit = "label flips" if meta.get("scheme") == "ssdpa" else "insertions+deletions"
+    return certify.dpa(scores, unit=unit)
+
+
+def _cert_fa(scores, meta):
+    k, d, offsets = _need(meta, "k", "d", "offsets")
+    return certify.fa(scores, k, d, offsets)
+
+
+def _cert_dpa_roe(scores, meta):
+    return certify.dpa_roe(scores)
+
+
+def _cert_fa_roe(scores, meta):
+    k, d, offsets = _need(meta, "k", "d", "offsets")
+    return certify.fa_roe(scores, k, d, offsets)
+
+
+def _cert_dpa_star_roe(scores, meta):
+    k, d = _need(meta, "k", "d")
+    return certify.dpa_roe(certify.dpa_star_logits(scores, k, d))
+
+
+#: Certificate name -> function(scores, meta) -> Certificate.
+CERTIFICATES: dict[str, Callable[[np.ndarray, dict], certify.Certificate]] = {
+    "dpa": _cert_dpa,
+    "fa": _cert_fa,
+    "dpa_roe": _cert_dpa_roe,
+    "fa_roe": _cert_fa_roe,
+    "dpa_star_roe": _cert_dpa_star_roe,
+}
+
+
+def certify_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any], name: str, radii: list[int]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run certificate ``name`` on a scores array; return per-sample columns and a summary."""
+    if name not in CERTIFICATES:
+        raise PoisonCertError(f"unknown certificate '{name}'; choose one of {', '.join(CERTIFICATES)}")
+    cert = CERTIFICATES[name](scores, meta)
+    base_votes = certify.votes(scores)
+    base_acc = float((base_votes == labels[:, None]).mean())
+    certified = certify.certified_radius_or_minus_one(cert.prediction, cert.radius, labels)
+    max_r = int(max(certified.max(initial=0), max(radii, default=0)))
+    curve_r = np.arange(max_r + 2)
+    curve = certify.certified_accuracy(cert.prediction, cert.radius, labels, curve_r)
+    median = certify.median_certified_radius(cert.prediction, cert.radius, labels)
+    summary = {
+        "certificate": name,
+        "unit": cert.unit,
+        "n_test": int(len(labels)),
+        "n_models": int(scores.shape[1]),
+        "clean_accuracy": float((cert.prediction == labels).mean()),
+        "mean_base_accuracy": base_acc,
+        "median_certified_radius": median,
+        "certified_accuracy": {str(r): float(a) for r, a in zip(radii, certify.certified_accuracy(cert.prediction, cert.radius, labels, radii))},
+        "curve": {"radius": curve_r.tolist(), "certified_accuracy": curve.tolist()},
+    }
+    columns = {"sample": np.arange(len(labels)), "label": labels, "prediction": cert.prediction, "radius": cert.radius, "certified_radius": certified}
+    for key, val in cert.detail.items():
+        val = np.asarray(val)
+        if val.shape == labels.shape:
+            columns[key] = val
+    return columns, summary
+
+
+def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii: list[int], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Certify a scores file; write the per-sample CSV and the summary JSON."""
+    import pandas as pd
+
+    scores, labels, meta = read_scores(scores_file)
+    meta = {**meta, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    columns, summary = certify_scores(scores, labels, meta, name, radii)
+    summary["scores_file"] = str(scores_file)
+    for key in ("scheme", "k", "d", "dataset", "dataset_hash", "device", "shard_size"):
+        if key in meta:
+            summary[key] = meta[key]
+    atomic_write_text(out_csv, pd.DataFrame(columns).to_csv(index=False))
+    atomic_write_text(out_json, json.dumps(summary, indent=1))
+    med = summary["median_certified_radius"]
+    print(f"{name}: clean accuracy {summary['clean_accuracy']:.4f}, mean base accuracy {summary['mean_base_accuracy']:.4f}, median certified radius {med if med is not None else 'N/A'} ({summary['unit']})")
+    return summary
+
+
+def environment() -> dict[str, str]:
+    """Versions recorded in reports."""
+    import numpy
+
+    return {"python": sys.version.split()[0], "numpy": numpy.__version__, "platform": platform.platform()}
