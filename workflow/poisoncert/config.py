@@ -66,7 +66,7 @@ def _message(error) -> str:
         return f"config key {key}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
     if error.validator == "enum":
         return f"config key {key}: {error.instance!r} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.schema_path:
         return f"config key {key}: experiment name {error.instance!r} must use only letters, digits, '_' and '-'"
     desc = schema.get("description", "")
     hint = f" ({desc.strip().split('.')[0]})" if desc else ""
@@ -88,7 +88,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for name, exp in cfg["experiments"].items():
         scheme = exp["scheme"]
         allowed = CERTIFICATES[scheme]
-        exp.setdefault("certificates", [allowed[0]])
+        if exp.get("certificates") is None:
+            exp["certificates"] = [allowed[0]]
         bad = [c for c in exp["certificates"] if c not in allowed]
         if bad:
             raise PoisonCertError(

@@ -1,0 +1,148 @@
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from poisoncert.data import Dataset, canonical_order, content_hash, load_dataset, read_dataset, save_dataset
+from poisoncert.errors import PoisonCertError
+
+
+def test_digits_is_canonical(digits):
+    assert digits.train_images.dtype == np.uint8 and digits.train_images.shape[1:] == (1, 8, 8)
+    assert digits.train_labels.dtype == np.int64
+    assert len(digits.train_labels) == 1438 and len(digits.test_labels) == 359
+    assert digits.train_images.max() == 255 and digits.n_classes == 10
+    assert set(np.unique(digits.train_labels)) == set(range(10))
+    # the split is fixed by the seed and changes with it
+    again = load_dataset("digits")
+    assert content_hash(again) == content_hash(digits)
+    assert content_hash(load_dataset("digits", seed=1)) != content_hash(digits)
+
+
+def test_canonical_order_ignores_input_order(digits, rng):
+    x, y = digits.train_images, digits.train_labels
+    perm = rng.permutation(len(y))
+    a = canonical_order(x, y)
+    b = canonical_order(x[perm], y[perm])
+    assert np.array_equal(x[a], x[perm][b]) and np.array_equal(y[a], y[perm][b])
+
+
+def test_canonical_order_is_lexicographic_pixels_then_label():
+    x = np.array([[2, 0], [1, 9], [1, 9], [0, 255]], dtype=np.uint8).reshape(4, 1, 1, 2)
+    y = np.array([0, 3, 1, 7])
+    order = canonical_order(x, y)
+    assert order.tolist() == [3, 2, 1, 0]  # [0,255] < [1,9]/label1 < [1,9]/label3 < [2,0]
+
+
+def test_dataset_file_roundtrip(tmp_path, digits):
+    meta = save_dataset(digits, tmp_path / "d.npz")
+    back = read_dataset(tmp_path / "d.npz")
+    assert meta["content_hash"] == content_hash(back)
+    assert np.array_equal(back.train_images, digits.train_images)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_truncated_dataset_file_is_one_clear_error(tmp_path, digits):
+    save_dataset(digits, tmp_path / "d.npz")
+    raw = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(PoisonCertError, match="corrupt or truncated"):
+        read_dataset(tmp_path / "t.npz")
+    with pytest.raises(PoisonCertError, match="does not exist"):
+        read_dataset(tmp_path / "missing.npz")
+
+
+def test_tampered_dataset_file_fails_hash_check(tmp_path, digits):
+    save_dataset(digits, tmp_path / "d.npz")
+    with np.load(tmp_path / "d.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_labels"] = arrays["train_labels"].copy()
+    arrays["train_labels"][0] = (arrays["train_labels"][0] + 1) % 10
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PoisonCertError, match="content hash"):
+        read_dataset(tmp_path / "bad.npz")
+
+
+def test_unknown_dataset():
+    with pytest.raises(PoisonCertError, match="unknown dataset 'imagenet'; choose one of"):
+        load_dataset("imagenet")
+
+
+def test_bad_arrays_rejected():
+    x = np.zeros((3, 1, 2, 2), np.uint8)
+    with pytest.raises(PoisonCertError, match="labels must lie"):
+        Dataset("t", x, np.array([0, 1, 5]), x, np.array([0, 1, 1]), 2)
+    with pytest.raises(PoisonCertError, match="uint8"):
+        Dataset("t", x.astype(np.float32), np.array([0, 1, 1]), x, np.array([0, 1, 1]), 2)
+
+
+def _write_idx(path, arr, magic_type):
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(">HBB", 0, magic_type, arr.ndim))
+        for dim in arr.shape:
+            fh.write(struct.pack(">I", dim))
+        fh.write(arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path, rng):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        imgs = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n) % 10
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", imgs, 0x08)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, 0x08)
+    return tmp_path
+
+
+def test_mnist_through_torchvision(fake_mnist):
+    ds = load_dataset("mnist", root=fake_mnist)
+    assert ds.train_images.shape == (40, 1, 28, 28) and ds.test_images.shape == (12, 1, 28, 28)
+    assert ds.train_labels.tolist() == [i % 10 for i in range(40)]
+
+
+def test_mnist17_keeps_ones_and_sevens(fake_mnist):
+    ds = load_dataset("mnist17", root=fake_mnist)
+    assert ds.n_classes == 2 and ds.class_names == ["1", "7"]
+    assert len(ds.train_labels) == 8  # digits 1 and 7 among 40 samples labelled i % 10
+    assert sorted(set(ds.train_labels.tolist())) == [0, 1]
+
+
+def test_missing_mnist_says_where_to_put_files(tmp_path):
+    with pytest.raises(PoisonCertError) as info:
+        load_dataset("mnist", root=tmp_path / "nowhere")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "MNIST/raw/train-images-idx3-ubyte" in msg and "download: true" in msg
+
+
+def test_missing_cifar_and_gtsrb_say_where_to_put_files(tmp_path):
+    for name, needle in (("cifar10", "cifar-10-batches-py"), ("gtsrb", "GTSRB")):
+        with pytest.raises(PoisonCertError, match=needle):
+            load_dataset(name, root=tmp_path)
+
+
+def test_cifar10_through_torchvision(tmp_path, rng, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": [0, 1, 2, 3]}, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
+    # the fake files cannot match torchvision's md5 sums; skip only that integrity check
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    ds = load_dataset("cifar10", root=tmp_path)
+    assert ds.train_images.shape == (20, 3, 32, 32) and ds.test_images.shape == (4, 3, 32, 32)
+    assert ds.class_names[0] == "c0"
+    # channel-first conversion keeps the CIFAR byte layout (R plane, then G, then B)
+    with open(folder / "data_batch_1", "rb") as fh:
+        first = pickle.load(fh)["data"][0]
+    assert np.array_equal(ds.train_images[0].reshape(-1), first)
