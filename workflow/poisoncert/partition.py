@@ -14,6 +14,20 @@ Schemes (the papers' definitions):
                (|R| = d): model i is trained on every bucket j with (j + r) mod kd = i, r in R.
 * ``dpa_star`` ROE paper Section 4.1: the DPA partitions, d models per partition with
                different seeds; model index = partition * d + j.
+
+Random selection (Jia et al. 2021, papers/002; Chen et al., papers/004), T models, selection
+size n_s = k, drawn from the potentially poisoned part D^p (the training set minus the known-clean
+part D^c, which every model also gets, Chen et al. Algorithm 2):
+
+* ``bagging``      n_s samples drawn uniformly *with* replacement (Jia et al.; Chen eq. 8);
+* ``bagging_wor``  n_s distinct samples drawn uniformly *without* replacement (Chen eq. 7);
+* ``binomial``     every sample kept independently with p = n_s / |D^p| (Chen eq. 9).
+
+Model m's draw comes from ``numpy.random.default_rng([seed_base, m, 0xBA6])`` over D^p in
+canonical order, so it is reproducible and independent of the file order and of other models.
+With ``balance`` (Chen et al. Algorithm 2, BALANCE), the model's set D_sub ∪ D^c is expanded to
+``balance_size`` samples drawn with replacement with weights 1 / (count of the sample's class in
+the set), from the same generator: a deterministic function of the set and the seed.
 """
 
 from __future__ import annotations
@@ -38,11 +52,16 @@ __all__ = [
     "check_offsets",
     "n_models",
     "make_partitions",
+    "make_selections",
+    "clean_mask",
     "save_partitions",
     "read_partitions",
 ]
 
-SCHEMES = ("dpa", "ssdpa", "fa", "dpa_star")
+DETERMINISTIC_SCHEMES = ("dpa", "ssdpa", "fa", "dpa_star")
+SELECTION_SCHEMES = ("bagging", "bagging_wor", "binomial")
+SCHEMES = DETERMINISTIC_SCHEMES + SELECTION_SCHEMES
+_SELECTION_TAG = 0xBA6
 
 
 @dataclass
@@ -107,12 +126,16 @@ def check_offsets(offsets, k: int, d: int) -> list[int]:
     return r
 
 
-def n_models(scheme: str, k: int, d: int) -> int:
-    """Number of base models the scheme trains (known from the config alone)."""
+def n_models(scheme: str, k: int, d: int, t: int | None = None) -> int:
+    """Number of base models the scheme trains (known from the config alone; ``t`` = T for selection)."""
     if scheme in ("dpa", "ssdpa"):
         return k
     if scheme in ("fa", "dpa_star"):
         return k * d
+    if scheme in SELECTION_SCHEMES:
+        if t is None or t < 1:
+            raise PoisonCertError(f"scheme '{scheme}' needs the number of base models T >= 1 (n_models), got {t}")
+        return int(t)
     raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
 
 
@@ -132,6 +155,87 @@ def _groups_by_bucket(bucket: np.ndarray, n_buckets: int, order: np.ndarray) -> 
     return [members[cuts[i] : cuts[i + 1]] for i in range(n_buckets)]
 
 
+def clean_mask(labels: np.ndarray, order: np.ndarray, clean_classes: list[int] | None = None, clean_count: int = 0, seed: int = 0) -> np.ndarray:
+    """The known-clean part D^c (Chen et al. Section "prior knowledge"), as a boolean mask.
+
+    Case 3: every sample of ``clean_classes``. Case 2: ``clean_count`` samples, chosen by a
+    permutation (seeded by ``seed``) of the canonical order — which samples a user knows to be
+    clean is outside knowledge; this choice only has to be fixed and reproducible.
+    """
+    n = len(labels)
+    mask = np.zeros(n, dtype=bool)
+    if clean_classes:
+        mask |= np.isin(labels, np.asarray(clean_classes))
+    if clean_count:
+        if clean_count > n:
+            raise PoisonCertError(f"clean count {clean_count} is larger than the training set ({n} samples)")
+        mask[order[np.random.default_rng([seed, 0xC1EA]).permutation(n)[:clean_count]]] = True
+    return mask
+
+
+def _select(rng: np.random.Generator, scheme: str, n_p: int, n_s: int) -> np.ndarray:
+    """Positions (into D^p) of one random selection."""
+    if scheme == "bagging":
+        return np.sort(rng.integers(0, n_p, size=n_s))
+    if scheme == "bagging_wor":
+        return np.sort(rng.choice(n_p, size=n_s, replace=False))
+    return np.flatnonzero(rng.random(n_p) < n_s / n_p)  # binomial
+
+
+def _balance(rng: np.random.Generator, idx: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
+    """BALANCE of Chen et al. Algorithm 2: ``size`` draws weighted by 1 / (class count in the set)."""
+    if len(idx) == 0:
+        return idx
+    _, inv, cnt = np.unique(labels[idx], return_inverse=True, return_counts=True)
+    w = 1.0 / cnt[inv.ravel()]
+    return idx[rng.choice(len(idx), size=size, replace=True, p=w / w.sum())]
+
+
+def make_selections(
+    images: np.ndarray,
+    labels: np.ndarray,
+    scheme: str,
+    subsample_size: int,
+    n_models: int,
+    seed_base: int = 0,
+    clean_classes: list[int] | None = None,
+    clean_count: int = 0,
+    balance: bool = False,
+    balance_size: int | None = None,
+) -> "Partitions":
+    """T random selections of size n_s from D^p, each joined with D^c (see the module docstring)."""
+    n = len(labels)
+    if scheme not in SELECTION_SCHEMES:
+        raise PoisonCertError(f"unknown selection scheme '{scheme}'; choose one of {', '.join(SELECTION_SCHEMES)}")
+    if n_models < 1:
+        raise PoisonCertError(f"the number of base models T must be >= 1, got {n_models}")
+    order = canonical_order(images, labels)
+    clean = clean_mask(labels, order, clean_classes, clean_count, seed_base)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    d_p = order[~clean[order]]  # D^p in canonical order
+    d_c = order[clean[order]]
+    n_p = len(d_p)
+    if subsample_size < 1 or (scheme != "bagging" and subsample_size > n_p):
+        raise PoisonCertError(
+            f"selection size k={subsample_size} must lie in [1, {n_p}] (the potentially poisoned part of the training set)"
+            if scheme != "bagging" else f"selection size k must be >= 1, got {subsample_size}"
+        )
+    if n_p == 0:
+        raise PoisonCertError("every training sample is in the known-clean part; nothing is left to select from")
+    groups = []
+    for m in range(n_models):
+        rng = np.random.default_rng([seed_base, m, _SELECTION_TAG])
+        idx = np.concatenate([d_p[_select(rng, scheme, n_p, subsample_size)], d_c])
+        if balance:
+            idx = _balance(rng, idx, labels, balance_size or (subsample_size + len(d_c)))
+        groups.append(idx[np.argsort(rank[idx], kind="stable")])
+    indices, bounds = _csr(groups)
+    seeds = seed_base + np.arange(n_models, dtype=np.int64)
+    extra = {"n_poisonable": int(n_p), "n_clean": int(len(d_c)), "clean_classes": list(clean_classes or []), "balance": bool(balance)}
+    return Partitions(scheme, int(subsample_size), 1, indices, bounds, seeds, [], extra)
+
+
 def make_partitions(
     images: np.ndarray,
     labels: np.ndarray,
@@ -142,7 +246,7 @@ def make_partitions(
     same_seed: bool = False,
     seed_base: int = 0,
 ) -> Partitions:
-    """Build every base model's training set for ``scheme`` (see the module docstring).
+    """Build every base model's training set for a deterministic ``scheme`` (see the module docstring).
 
     Seeds: model m is seeded with ``seed_base + m`` (the partition index, DPA paper Section
     2.2.1), or ``seed_base`` for every model when ``same_seed`` (DPA paper App. F ablation).
@@ -152,8 +256,9 @@ def make_partitions(
         raise PoisonCertError(f"k must be a positive integer, got {k}")
     if not isinstance(d, (int, np.integer)) or d < 1:
         raise PoisonCertError(f"d must be a positive integer, got {d}")
-    if scheme not in SCHEMES:
-        raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    if scheme not in DETERMINISTIC_SCHEMES:
+        hint = " (random selection schemes: make_selections)" if scheme in SELECTION_SCHEMES else ""
+        raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}{hint}")
     n_split = k * d if scheme == "fa" else k
     if n_split > n:
         what = "k*d" if scheme == "fa" else "k"
