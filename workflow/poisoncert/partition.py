@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .certify.fa import check_offsets, default_fa_offsets
 from .data import atomic_savez, canonical_order, load_npz
 from .errors import PoisonCertError
 
@@ -106,24 +106,6 @@ def sorted_index(images: np.ndarray) -> np.ndarray:
     keys = np.ascontiguousarray(images.reshape(n, -1)).view(np.dtype((np.void, int(np.prod(images.shape[1:]))))).ravel()
     _, inverse = np.unique(keys, return_inverse=True)
     return inverse.astype(np.int64).ravel()
-
-
-def default_fa_offsets(k: int, d: int) -> list[int]:
-    """The spread offsets R of the FA reference code: ``random.seed(999999999 + 208); random.sample(range(k*d), d)``."""
-    rng = random.Random(999999999 + 208)
-    return rng.sample(range(k * d), d)
-
-
-def check_offsets(offsets, k: int, d: int) -> list[int]:
-    """Offsets must be d distinct integers in [0, kd)."""
-    r = [int(x) for x in offsets]
-    if len(r) != d:
-        raise PoisonCertError(f"FA needs exactly d={d} spread offsets, got {len(r)}")
-    if len(set(r)) != d:
-        raise PoisonCertError(f"FA spread offsets must be distinct, got {r}")
-    if any(x < 0 or x >= k * d for x in r):
-        raise PoisonCertError(f"FA spread offsets must lie in [0, k*d) = [0, {k * d}), got {r}")
-    return r
 
 
 def n_models(scheme: str, k: int, d: int, t: int | None = None) -> int:
@@ -273,7 +255,7 @@ def make_partitions(
         groups = _groups_by_bucket(sorted_index(images) % k, k, order)
     else:  # fa
         kd = k * d
-        used_offsets = check_offsets(default_fa_offsets(k, d) if offsets is None else offsets, k, d)
+        used_offsets = check_offsets(offsets, k, d).tolist()
         buckets = _groups_by_bucket(pixel_sum_hash(images) % kd, kd, order)
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)

@@ -7,6 +7,17 @@ No torch, no file I/O. Every function validates its input and raises
 from ._common import Certificate, check_scores, plurality, vote_counts, votes
 from .dpa import dpa, dpa_from_counts
 from .metrics import certified_accuracy, certified_radius_or_minus_one, median_certified_radius
+from .fa import FACertifiedAccuracy, default_fa_offsets, fa, fa_certified_accuracy, fa_from_votes, fa_improvement_stats
+from .roe import dpa_roe, dpa_star_logits, fa_roe, roe_predict
+from .bagging import (
+    bagging,
+    bagging_radius,
+    bagging_radius_delete_only,
+    bagging_radius_insert_only,
+    bagging_radius_modify_only,
+    jia_argmax_poisoned_size,
+)
+from .selection import POISONING_MODELS, SCHEMES, random_selection, random_selection_radius, selection_delta
 
 __all__ = [
     "Certificate",
@@ -19,4 +30,25 @@ __all__ = [
     "certified_accuracy",
     "certified_radius_or_minus_one",
     "median_certified_radius",
+    "FACertifiedAccuracy",
+    "default_fa_offsets",
+    "fa",
+    "fa_certified_accuracy",
+    "fa_from_votes",
+    "fa_improvement_stats",
+    "dpa_roe",
+    "dpa_star_logits",
+    "fa_roe",
+    "roe_predict",
+    "bagging",
+    "bagging_radius",
+    "bagging_radius_modify_only",
+    "bagging_radius_delete_only",
+    "bagging_radius_insert_only",
+    "jia_argmax_poisoned_size",
+    "POISONING_MODELS",
+    "SCHEMES",
+    "random_selection",
+    "random_selection_radius",
+    "selection_delta",
 ]

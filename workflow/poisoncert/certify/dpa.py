@@ -13,7 +13,7 @@ import numpy as np
 
 from ._common import Certificate, check_counts, check_scores, plurality, vote_counts, votes
 
-__all__ = ["dpa", "dpa_from_counts", "gap_certificate"]
+__all__ = ["dpa", "dpa_from_counts", "gap_certificate", "certv1_dpa"]
 
 
 def gap_certificate(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,11 +36,23 @@ def gap_certificate(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return pred, runner, gap
 
 
+def certv1_dpa(gap: np.ndarray) -> np.ndarray:
+    """The DPA step shared with DPA+ROE: ceil(max(0, gap)/2) - 1 (ROE paper 003, Lemma 3.5).
+
+    ``gap`` is Definition 3.1 of 003, gap(c, c') = n_c - n_c' + 1[c' > c]: one poison moves one vote,
+    i.e. lowers the gap by at most 2. With the tie-adjusted gap of Theorem 1 (``gap_certificate``),
+    n_c - n_c' - 1[c' < c] = gap - 1 for c' != c, and floor((gap - 1)/2) = ceil(gap/2) - 1, so DPA's
+    radius is ``certv1_dpa(adjusted_gap + 1)``. Returns -1 where the gap is <= 0.
+    """
+    g = np.maximum(np.asarray(gap, dtype=np.int64), 0)
+    return (g + 1) // 2 - 1
+
+
 def dpa_from_counts(counts: np.ndarray, unit: str = "insertions+deletions") -> Certificate:
     """DPA Theorem 1 / SS-DPA Theorem 2 from (n_test, n_classes) vote counts."""
     counts = check_counts(counts)
     pred, runner, gap = gap_certificate(counts)
-    radius = np.floor_divide(gap, 2)
+    radius = certv1_dpa(gap + 1)  # = floor(gap / 2), Theorem 1
     return Certificate(pred, radius.astype(np.int64), unit=unit, detail={"runner_up": runner, "gap": gap})
 
 
