@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import PoisonCertError
-from ._common import check_counts, plurality
+from ._common import check_alpha, check_counts, plurality
 
 __all__ = [
     "CERT_TOL",
@@ -89,20 +89,13 @@ def check_vote_counts(counts, n_models=None) -> np.ndarray:
     return check_counts(arr, n_models=n_models)
 
 
-def _check_level(a: float, name: str = "alpha") -> float:
-    a = float(a)
-    if not np.isfinite(a) or not (0.0 < a < 1.0):
-        raise PoisonCertError(f"{name} must lie strictly between 0 and 1 (e.g. 0.001), got {a}")
-    return a
-
-
 def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion.
 
     ``Beta(alpha; x, N - x + 1)``, the alpha-quantile of a Beta distribution; 0 when ``x == 0``.
     ``Pr(p < bound) <= alpha`` for every true ``p``.
     """
-    a = _check_level(alpha)
+    a = check_alpha(alpha)
     x = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
     safe_x = np.where(x > 0, x, 1.0)
@@ -116,7 +109,7 @@ def clopper_pearson_upper(successes, trials, alpha: float) -> np.ndarray:
     ``Beta(1 - alpha; x + 1, N - x)`` (computed as the inverse survival function at ``alpha`` so
     that tiny ``alpha`` keeps full precision); 1 when ``x == N``.
     """
-    a = _check_level(alpha)
+    a = check_alpha(alpha)
     x = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
     full = x >= n
@@ -127,7 +120,7 @@ def clopper_pearson_upper(successes, trials, alpha: float) -> np.ndarray:
 
 def bonferroni(alpha: float, n_intervals: int) -> float:
     """Per-interval level so that ``n_intervals`` one-sided intervals hold together w.p. >= 1 - alpha."""
-    a = _check_level(alpha)
+    a = check_alpha(alpha)
     if int(n_intervals) < 1:
         raise PoisonCertError(f"the number of simultaneous intervals must be >= 1, got {n_intervals}")
     return a / int(n_intervals)
