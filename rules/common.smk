@@ -50,7 +50,7 @@ def shard_files(wildcards):
     from poisoncert.partition import n_models
 
     exp = experiment(wildcards)
-    n = n_models(exp["scheme"], int(wildcards.k), int(wildcards.d))
+    n = n_models(exp["scheme"], int(wildcards.k), int(wildcards.d), exp["n_models"])
     return [f"{ensemble_dir(wildcards.exp, wildcards.k, wildcards.d)}/logits/shard{s}.npz" for s in range(n_shards(n))]
 
 
@@ -62,6 +62,20 @@ def certificate_summaries(exp_name):
         for d in exp["d"]
         for cert in exp["certificates"]
     ]
+
+
+def selection_args(exp):
+    """CLI flags of the random-selection schemes (empty for the deterministic ones)."""
+    from poisoncert.partition import SELECTION_SCHEMES
+
+    if exp["scheme"] not in SELECTION_SCHEMES:
+        return ""
+    args = f"--n-models {exp['n_models']} --clean-count {exp['clean_count']}"
+    if exp["clean_classes"]:
+        args += " --clean-classes " + ",".join(map(str, exp["clean_classes"]))
+    if exp["balance"]:
+        args += " --balance" + (f" --balance-size {exp['balance_size']}" if exp["balance_size"] else "")
+    return args
 
 
 def radii_arg():

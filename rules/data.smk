@@ -30,6 +30,8 @@ rule partition:
         ),
         same_seed=lambda wc: "--same-seed" if experiment(wc)["same_seed"] else "",
         seed_base=lambda wc: experiment(wc)["seed_base"],
+        selection=lambda wc: selection_args(experiment(wc)),
     shell:
         "{PYTHON} -m poisoncert partition --dataset-file {input} --out {output} --scheme {params.scheme} "
-        "--k {wildcards.k} --d {wildcards.d} {params.offsets} {params.same_seed} --seed-base {params.seed_base} > {log} 2>&1"
+        "--k {wildcards.k} --d {wildcards.d} {params.offsets} {params.same_seed} --seed-base {params.seed_base} "
+        "{params.selection} > {log} 2>&1"

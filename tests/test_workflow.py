@@ -54,7 +54,9 @@ TINY = {
             "k": [4, 7],
             "certificates": ["dpa"],
             "train": {"arch": "small_cnn", "epochs": 2},
-        }
+        },
+        "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
+        "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
     },
 }
 
@@ -93,5 +95,10 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     assert {"clean_accuracy", "mean_base_accuracy", "median_certified_radius", "cert_acc@2"} <= set(report.columns)
     for f in ("certified_accuracy.png", "certified_accuracy.pdf", "table.md"):
         assert (res / "tiny" / "report" / f).stat().st_size > 0
+    # the other certificates ran on their ensembles, with their units
+    fa = json.loads((res / "tinyfa" / "k3_d2" / "certificates" / "fa_roe.json").read_text())
+    assert fa["n_models"] == 6 and fa["unit"] == "insertions+deletions"
+    bag = json.loads((res / "tinybag" / "k30_d1" / "certificates" / "random_selection.json").read_text())
+    assert bag["n_models"] == 4 and bag["unit"] != "insertions+deletions"
     # every rule wrote its log
     assert (res / "logs" / "train" / "tiny" / "k7_d1" / "shard2.log").exists()

@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--offsets", type=_int_list, default=None, help="FA spread offsets, e.g. 3,17")
     s.add_argument("--same-seed", action="store_true")
     s.add_argument("--seed-base", type=int, default=0)
+    s.add_argument("--n-models", type=int, default=None, help="T: number of random selections (bagging, bagging_wor, binomial)")
+    s.add_argument("--clean-classes", type=_int_list, default=None, help="classes known clean (D^c)")
+    s.add_argument("--clean-count", type=int, default=0, help="number of samples known clean (D^c)")
+    s.add_argument("--balance", action="store_true", help="weight-balanced resampling (Chen et al. Alg. 2)")
+    s.add_argument("--balance-size", type=int, default=None)
 
     s = sub.add_parser("train", help="train one shard of base models, write their test logits")
     s.add_argument("--dataset-file", required=True)
@@ -63,13 +68,19 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("certify", help="certify a scores file (ours or one trained elsewhere)")
     s.add_argument("scores")
-    s.add_argument("--certificate", required=True, help="dpa, fa, dpa_roe, fa_roe, dpa_star_roe")
+    s.add_argument("--certificate", required=True, help="dpa, fa, dpa_roe, fa_roe, dpa_star_roe, bagging, random_selection")
     s.add_argument("--out-csv", required=True)
     s.add_argument("--out-json", required=True)
     s.add_argument("--radii", type=_int_list, default=[0, 1, 2, 4, 8, 16])
     s.add_argument("--k", type=int, default=None, help="override/supply k (FA, DPA*)")
     s.add_argument("--d", type=int, default=None)
     s.add_argument("--offsets", type=_int_list, default=None)
+    s.add_argument("--alpha", type=float, default=None, help="bagging / random_selection confidence level")
+    s.add_argument("--train-size", type=int, default=None, help="bagging / random_selection: training-set size n")
+    s.add_argument("--subsample-size", type=int, default=None, help="bagging / random_selection: selection size (default: k)")
+    s.add_argument("--scheme", default=None, help="random_selection: bagging, bagging_wor or binomial")
+    s.add_argument("--poisoning-model", default=None, help="random_selection: P1..P6")
+    s.add_argument("--clean-size", type=int, default=None, help="random_selection: known-clean samples in every set")
 
     s = sub.add_parser("report", help="table and figure from certificate summaries")
     s.add_argument("summaries", nargs="+")
@@ -92,13 +103,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.verb == "prepare":
         stages.prepare(args.dataset, args.out, args.root, args.download, args.seed)
     elif args.verb == "partition":
-        stages.partition(args.dataset_file, args.out, args.scheme, args.k, args.d, args.offsets, args.same_seed, args.seed_base)
+        selection = {"n_models": args.n_models, "clean_classes": args.clean_classes, "clean_count": args.clean_count, "balance": args.balance, "balance_size": args.balance_size}
+        stages.partition(args.dataset_file, args.out, args.scheme, args.k, args.d, args.offsets, args.same_seed, args.seed_base, selection)
     elif args.verb == "train":
         stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress)
     elif args.verb == "aggregate":
         stages.aggregate(args.dataset_file, args.partitions, args.shards, args.out, json.loads(args.experiment))
     elif args.verb == "certify":
-        stages.run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, {"k": args.k, "d": args.d, "offsets": args.offsets})
+        stages.run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, {"k": args.k, "d": args.d, "offsets": args.offsets, "alpha": args.alpha, "train_size": args.train_size, "subsample_size": args.subsample_size, "scheme": args.scheme, "poisoning_model": args.poisoning_model, "n_clean": args.clean_size})
     elif args.verb == "report":
         from .report import write_report
 

@@ -16,7 +16,7 @@ from jsonschema.exceptions import best_match
 
 from .data import TRAIN_SIZES
 from .errors import PoisonCertError
-from .partition import n_models
+from .partition import SELECTION_SCHEMES, n_models
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -26,6 +26,9 @@ CERTIFICATES: dict[str, tuple[str, ...]] = {
     "ssdpa": ("dpa",),
     "fa": ("fa", "fa_roe"),
     "dpa_star": ("dpa_star_roe", "dpa"),
+    "bagging": ("bagging", "random_selection"),
+    "bagging_wor": ("random_selection",),
+    "binomial": ("random_selection",),
 }
 
 
@@ -107,11 +110,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     check_offsets(exp["offsets"], k, exp["d"][0])
                 except PoisonCertError as exc:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
+        if scheme in SELECTION_SCHEMES:
+            if exp["d"] != [1]:
+                raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1]")
+            if "bagging" in exp["certificates"] and (exp["clean_classes"] or exp["clean_count"]):
+                raise PoisonCertError(
+                    f"config key experiments.{name}.certificates: Jia's bagging certificate has no known-clean part; use random_selection with clean_classes/clean_count"
+                )
         n_train = TRAIN_SIZES[exp["dataset"]]
         for k in exp["k"]:
             for d in exp["d"]:
                 n_split = k * d if scheme == "fa" else k
-                if n_split > n_train:
+                if n_split > n_train and scheme != "bagging":
                     what = "k*d" if scheme == "fa" else "k"
                     raise PoisonCertError(
                         f"config key experiments.{name}.k: {what}={n_split} is larger than the {exp['dataset']} training set "
@@ -126,7 +136,8 @@ def ensembles(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     for name, exp in cfg["experiments"].items():
         for k in exp["k"]:
             for d in exp["d"]:
-                out.append({"exp": name, "k": k, "d": d, "n_models": n_models(exp["scheme"], k, d), **{kk: exp[kk] for kk in ("dataset", "scheme")}})
+                t = n_models(exp["scheme"], k, d, exp["n_models"])
+                out.append({"exp": name, "k": k, "d": d, "n_models": t, **{kk: exp[kk] for kk in ("dataset", "scheme")}})
     return out
 
 

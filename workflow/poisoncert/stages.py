@@ -19,7 +19,7 @@ import numpy as np
 from . import certify
 from .data import atomic_savez, atomic_write_text, load_dataset, load_npz, read_dataset, save_dataset
 from .errors import PoisonCertError
-from .partition import make_partitions, read_partitions, save_partitions
+from .partition import SELECTION_SCHEMES, make_partitions, make_selections, read_partitions, save_partitions
 
 __all__ = [
     "prepare",
@@ -49,10 +49,22 @@ def prepare(name: str, out: str | os.PathLike, root: str = "data", download: boo
 # ---------------------------------------------------------------------------------------------- partition
 
 
-def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offsets: list[int] | None = None, same_seed: bool = False, seed_base: int = 0) -> None:
-    """Write every base model's training-set indices (canonical order) and seed."""
+def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offsets: list[int] | None = None, same_seed: bool = False, seed_base: int = 0, selection: dict[str, Any] | None = None) -> None:
+    """Write every base model's training-set indices (canonical order) and seed.
+
+    ``selection`` holds the random-selection parameters (n_models, clean_classes, clean_count,
+    balance, balance_size) for the schemes bagging, bagging_wor and binomial.
+    """
     ds = read_dataset(dataset_file)
-    parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base)
+    if scheme in SELECTION_SCHEMES:
+        sel = selection or {}
+        parts = make_selections(
+            ds.train_images, ds.train_labels, scheme, k, sel.get("n_models") or 0, seed_base,
+            sel.get("clean_classes"), sel.get("clean_count") or 0, bool(sel.get("balance")), sel.get("balance_size"),
+        )
+        parts.extra["train_size"] = int(len(ds.train_labels))
+    else:
+        parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base)
     save_partitions(parts, out, ds.meta()["content_hash"])
     sizes = parts.sizes()
     print(f"{scheme} k={k} d={d}: {parts.n_models} base models, training-set sizes min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}")
@@ -211,6 +223,29 @@ def _cert_dpa_star_roe(scores, meta):
     return certify.dpa_roe(certify.dpa_star_logits(scores, k, d))
 
 
+def _experiment_value(meta, key, default):
+    return meta.get(key, meta.get("experiment", {}).get(key, default))
+
+
+def _selection_counts(scores, meta):
+    counts = certify.vote_counts(certify.votes(scores), scores.shape[2])
+    (train_size,) = _need(meta, "train_size")
+    subsample = meta.get("subsample_size") or _need(meta, "k")[0]
+    return counts, int(train_size), int(subsample), float(_experiment_value(meta, "alpha", 0.001))
+
+
+def _cert_bagging(scores, meta):
+    counts, n, k, alpha = _selection_counts(scores, meta)
+    return certify.bagging(counts, n, k, alpha)
+
+
+def _cert_random_selection(scores, meta):
+    counts, n, k, alpha = _selection_counts(scores, meta)
+    scheme = _need(meta, "scheme")[0]
+    model = _experiment_value(meta, "poisoning_model", "P6")
+    return certify.random_selection(counts, scheme, n, k, alpha, model, clean_size=int(meta.get("n_clean") or 0))
+
+
 #: Certificate name -> function(scores, meta) -> Certificate.
 CERTIFICATES: dict[str, Callable[[np.ndarray, dict], certify.Certificate]] = {
     "dpa": _cert_dpa,
@@ -218,6 +253,8 @@ CERTIFICATES: dict[str, Callable[[np.ndarray, dict], certify.Certificate]] = {
     "dpa_roe": _cert_dpa_roe,
     "fa_roe": _cert_fa_roe,
     "dpa_star_roe": _cert_dpa_star_roe,
+    "bagging": _cert_bagging,
+    "random_selection": _cert_random_selection,
 }
 
 

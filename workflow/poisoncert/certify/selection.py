@@ -100,7 +100,7 @@ __all__ = [
 
 SCHEMES = ("bagging_without_replacement", "bagging_with_replacement", "binomial")
 _SCHEME_ALIASES = {
-    "bagging_without_replacement": SCHEMES[0], "without_replacement": SCHEMES[0], "scheme1": SCHEMES[0],
+    "bagging_without_replacement": SCHEMES[0], "without_replacement": SCHEMES[0], "bagging_wor": SCHEMES[0], "scheme1": SCHEMES[0],
     "bagging_with_replacement": SCHEMES[1], "with_replacement": SCHEMES[1], "bagging": SCHEMES[1],
     "scheme2": SCHEMES[1],
     "binomial": SCHEMES[2], "binomial_selection": SCHEMES[2], "scheme3": SCHEMES[2],
