@@ -1,0 +1,242 @@
+"""Training engine: shard invariance, determinism, masking, empty sets, architectures.
+
+Tiny synthetic 8x8 data and 1-3 epochs, so the whole file runs in well under a minute on 2 CPU
+cores. No GPU is assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from poisoncert.errors import PoisonCertError
+from poisoncert.models import ARCHITECTURES, BatchedContext, batched_forward, build_model
+from poisoncert.train import STD_FLOOR, TrainConfig, canonical_order, channel_stats, train_one, train_shard
+
+N_CLASSES = 4
+SHAPE = (1, 8, 8)
+
+
+def make_set(rng: np.random.Generator, n: int, shape=SHAPE, n_classes=N_CLASSES):
+    """Learnable synthetic data: class c lights up row block c, plus noise."""
+    labels = rng.integers(0, n_classes, size=n).astype(np.int64)
+    imgs = rng.integers(0, 60, size=(n,) + shape).astype(np.int64)
+    for i, c in enumerate(labels):
+        imgs[i, :, 2 * c: 2 * c + 2, :] += 180
+    return np.clip(imgs, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1234)
+    sets = [make_set(rng, n) for n in (13, 0, 21, 9, 17)]
+    test_images, test_labels = make_set(rng, 40)
+    return sets, test_images, test_labels
+
+
+CFG = TrainConfig(arch="small_cnn", epochs=3, batch_size=8, lr=0.05, crop_padding=1, hflip=True, group_size=0,
+                  cpu_threads=1)  # 1 thread: robust to a busy shared CPU
+# masked BatchNorm path: NiN is BN-heavy; keep it to 1 epoch of a handful of samples
+CFG_BN = TrainConfig(arch="nin", epochs=1, batch_size=4, lr=0.02, crop_padding=1, group_size=0, cpu_threads=1)
+
+
+def _poison(sets, j, rng):
+    """Flip every label of set j and add samples so that it becomes the largest set."""
+    im, lb = sets[j]
+    extra_im, extra_lb = make_set(rng, max(len(y) for _, y in sets) - len(lb) + 3)
+    poisoned = (np.concatenate([im, extra_im]), np.concatenate([(lb + 1) % N_CLASSES, extra_lb]))
+    out = list(sets)
+    out[j] = poisoned
+    assert len(poisoned[1]) > max(len(lb) for _, lb in sets)
+    return out
+
+
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN],
+                         ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn"])
+@pytest.mark.parametrize("victim", [1, 3], ids=["empty_becomes_largest", "small_becomes_largest"])
+def test_shard_invariance_neighbour_poisoned(data, cfg, victim):
+    sets, test_images, _ = data
+    if cfg.arch == "nin":
+        sets = [(im[:6], lb[:6]) for im, lb in sets]
+        test_images = test_images[:8]
+    seeds = [10, 11, 12, 13, 14]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        clean = train_shard(sets, seeds, test_images, N_CLASSES, cfg, device="cpu", progress=False)
+        poisoned = train_shard(_poison(sets, victim, np.random.default_rng(victim)), seeds, test_images,
+                               N_CLASSES, cfg, device="cpu", progress=False)
+    for i in range(len(sets)):
+        if i == victim:
+            assert not np.array_equal(clean[i], poisoned[i])
+        else:
+            assert np.array_equal(clean[i], poisoned[i]), f"model {i} changed when model {victim} was poisoned"
+
+
+def test_repeatable_and_order_invariant(data):
+    sets, test_images, _ = data
+    seeds = [3, 4, 5, 6, 7]
+    with pytest.warns(UserWarning, match="empty"):
+        a = train_shard(sets, seeds, test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    with pytest.warns(UserWarning, match="empty"):
+        b = train_shard(sets, seeds, test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    assert np.array_equal(a, b)
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for im, lb in sets:
+        p = rng.permutation(len(lb))
+        shuffled.append((im[p], lb[p]))
+    with pytest.warns(UserWarning, match="empty"):
+        c = train_shard(shuffled, seeds, test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    assert np.array_equal(a, c)
+    # train_one: repeatable and order invariant too
+    one = train_one(sets[0], 3, test_images, N_CLASSES, CFG, device="cpu")
+    assert np.array_equal(one, train_one(shuffled[0], 3, test_images, N_CLASSES, CFG, device="cpu"))
+    # different seeds give different models
+    other = train_shard(sets[:1], [99], test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    assert not np.array_equal(a[0], other[0])
+
+
+def test_group_padding_makes_logits_independent_of_shard_size(data):
+    """With a fixed group_size the shard is cut into groups padded with dummies, so a model's
+    logits are the same whether its shard holds 3 or 5 models."""
+    sets, test_images, _ = data
+    cfg = dataclasses.replace(CFG, group_size=4, cpu_threads=2)  # also exercises 2 threads
+    seeds = [20, 21, 22, 23, 24]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        big = train_shard(sets, seeds, test_images, N_CLASSES, cfg, device="cpu", progress=False)
+        small = train_shard(sets[:3], seeds[:3], test_images, N_CLASSES, cfg, device="cpu", progress=False)
+        # the 5th model alone in its group (positions differ in size of the group's real part)
+        last = train_shard(sets[4:], seeds[4:], test_images, N_CLASSES, cfg, device="cpu", progress=False)
+    assert np.array_equal(big[:3], small)
+    assert np.array_equal(big[4], last[0])
+
+
+def test_different_sizes_match_reference_loop(data):
+    """Models of sizes 13, 21, 9, 17 (batch 8: padded last minibatches, different step counts)
+    trained together agree with the plain per-model loop up to float rounding."""
+    sets, test_images, test_labels = data
+    sets = [s for s in sets if len(s[1])]
+    seeds = [1, 2, 3, 4]
+    shard = train_shard(sets, seeds, test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    ref = np.stack([train_one(s, sd, test_images, N_CLASSES, CFG, device="cpu") for s, sd in zip(sets, seeds)])
+    assert shard.dtype == np.float32 and shard.shape == (4, len(test_images), N_CLASSES)
+    np.testing.assert_allclose(shard, ref, rtol=1e-3, atol=1e-3)
+    # and they learned something (chance is 25%)
+    assert (shard.argmax(-1) == test_labels).mean() > 0.5
+
+
+def test_masked_batchnorm_matches_plain_module_on_real_rows():
+    torch.manual_seed(0)
+    models = [build_model("nin", 1, 8, 8, N_CLASSES) for _ in range(3)]
+    names = list(dict(list(models[0].named_parameters()) + list(models[0].named_buffers())))
+    state = {n: torch.stack([dict(list(m.named_parameters()) + list(m.named_buffers()))[n].detach() for m in models])
+             for n in names}
+    n_real = [5, 2, 0]
+    x = torch.randn(3, 6, 1, 8, 8)
+    mask = torch.zeros(6, 3)
+    for b, r in enumerate(n_real):
+        mask[:r, b] = 1
+    ctx = BatchedContext(3, mask)
+    out = batched_forward(models[0], state, x.transpose(0, 1).reshape(6, 3, 8, 8), ctx)
+    for b, r in enumerate(n_real[:2]):
+        models[b].train()
+        ref = models[b](x[b, :r])
+        torch.testing.assert_close(out[b, :r], ref, rtol=1e-4, atol=1e-4)
+    # padded rows do not influence real rows (bitwise)
+    x2 = x.clone()
+    x2[0, 5:] = 1e3
+    x2[1, 2:] = -7.0
+    out2 = batched_forward(models[0], state, x2.transpose(0, 1).reshape(6, 3, 8, 8), BatchedContext(3, mask))
+    assert torch.equal(out2[0, :5], out[0, :5]) and torch.equal(out2[1, :2], out[1, :2])
+
+
+def test_empty_partition_gives_zero_logits(data):
+    sets, test_images, _ = data
+    with pytest.warns(UserWarning, match="empty"):
+        out = train_shard(sets[:2], [0, 1], test_images, N_CLASSES, CFG, device="cpu", progress=False)
+    assert np.array_equal(out[1], np.zeros_like(out[1]))
+    assert np.abs(out[0]).sum() > 0
+    with pytest.warns(UserWarning, match="empty"):
+        one = train_one(sets[1], 5, test_images, N_CLASSES, CFG, device="cpu")
+    assert one.shape == (len(test_images), N_CLASSES) and not one.any()
+
+
+def test_canonical_order_is_label_then_pixels():
+    rng = np.random.default_rng(1)
+    im = rng.integers(0, 4, (300, 1, 3, 3)).astype(np.uint8)
+    lb = rng.integers(0, 3, 300).astype(np.int64)
+    ref = np.lexsort([im.reshape(300, -1)[:, j] for j in range(8, -1, -1)] + [lb])
+    assert np.array_equal(canonical_order(im, lb), ref)
+
+
+def test_channel_stats():
+    x = np.full((4, 3, 2, 2), 51, np.uint8)
+    mean, std = channel_stats(x)
+    assert mean.dtype == np.float64 and np.allclose(mean, 0.2) and np.allclose(std, STD_FLOOR)
+    mean, std = channel_stats(np.zeros((0, 2, 8, 8), np.uint8))
+    assert np.array_equal(mean, [0, 0]) and np.array_equal(std, [1, 1])
+    x = np.random.default_rng(0).integers(0, 256, (10, 1, 4, 4)).astype(np.uint8)
+    mean, std = channel_stats(x)
+    assert np.allclose(mean, x.mean() / 255) and np.allclose(std, x.std() / 255)
+
+
+def test_unknown_arch_and_bad_inputs(data):
+    with pytest.raises(PoisonCertError, match="small_cnn"):
+        build_model("vgg", 1, 8, 8, 10)
+    with pytest.raises(PoisonCertError, match="unknown architecture"):
+        TrainConfig(arch="vgg")
+    with pytest.raises(PoisonCertError):
+        TrainConfig(batch_size=0)
+    sets, test_images, _ = data
+    with pytest.raises(PoisonCertError, match="labels"):
+        train_shard([(sets[0][0], sets[0][1] + 10)], [0], test_images, N_CLASSES, CFG, progress=False)
+    with pytest.raises(PoisonCertError, match="seeds"):
+        train_shard(sets[:1], [0, 1], test_images, N_CLASSES, CFG, progress=False)
+    with pytest.raises(PoisonCertError, match="lenet"):
+        build_model("lenet", 1, 8, 8, 10)
+
+
+INTENDED = {
+    "small_cnn": [(1, 8, 8), (1, 28, 28), (3, 32, 32)],
+    "mlp": [(1, 8, 8), (1, 28, 28)],
+    "lenet": [(1, 28, 28), (3, 32, 32)],
+    "nin": [(3, 32, 32), (1, 28, 28)],
+    "resnet18": [(3, 32, 32), (1, 28, 28)],
+}
+
+
+def test_every_architecture_is_covered():
+    assert set(INTENDED) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch,shape", [(a, s) for a, ss in INTENDED.items() for s in ss])
+def test_architecture_forward_and_batched_forward(arch, shape):
+    """Each architecture builds, runs forward, and its batched (stacked, B=2) evaluation equals the
+    per-model forward."""
+    torch.manual_seed(0)
+    models = [build_model(arch, *shape, 10).eval() for _ in range(2)]
+    x = torch.randn(2, 2, *shape)
+    with torch.no_grad():
+        ref = torch.stack([m(x[b]) for b, m in enumerate(models)])
+        assert ref.shape == (2, 2, 10)
+        names = list(dict(list(models[0].named_parameters()) + list(models[0].named_buffers())))
+        state = {n: torch.stack([dict(list(m.named_parameters()) + list(m.named_buffers()))[n] for m in models])
+                 for n in names}
+        out = batched_forward(models[0], state, x.transpose(0, 1).reshape(2, 2 * shape[0], *shape[1:]),
+                              BatchedContext(2, None))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_bar_on_stderr_and_settings_restored(data, capsys):
+    sets, test_images, _ = data
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    cfg = dataclasses.replace(CFG, epochs=1, cpu_threads=1)
+    train_shard(sets[:1], [0], test_images, N_CLASSES, cfg, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "small_cnn" in err
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before

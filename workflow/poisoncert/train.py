@@ -1,0 +1,568 @@
+"""Training engine: a whole shard of base models trained in one process, vectorised over models.
+
+Contract (what keeps the DPA / FA / ROE certificates valid)
+-----------------------------------------------------------
+A base model's logits are a deterministic function of (its training set *as a multiset*, its seed,
+the :class:`TrainConfig` — including ``group_size`` — its position in its group, the device
+type, the torch version and the CPU thread count). They do **not** depend, by a single bit, on the contents
+or the sizes of the other partitions in its shard:
+
+* **order**: the engine sorts each training set internally by (label, pixel bytes)
+  lexicographically, so the order the caller passes does not matter (callers may still pass a
+  canonical order; it is ignored).
+* **fixed per-model shapes**: every model sees minibatches of exactly ``batch_size`` rows; a
+  model's last minibatch of an epoch is padded with masked rows (zero loss weight, excluded from
+  BatchNorm statistics). Each model runs ``epochs * ceil(n_i / batch_size)`` steps computed from
+  its own size; the shard runs until its longest model is done and a model that has finished (or
+  has no data) is *masked*: its parameters, momentum buffers and BatchNorm running statistics are
+  kept by ``torch.where`` and its random generator is not advanced. Tensors are never padded to
+  the largest partition.
+* **per-model randomness**: weights are initialised from ``torch`` CPU RNG seeded with the model's
+  seed alone; shuffling and augmentation draws (crop offsets, flips) come from a numpy
+  ``Generator(PCG64(SeedSequence([seed, 0x5EED])))`` owned by that model and consumed once per
+  *own* epoch: permutation, then crop offsets (n_i x 2), then flip coins (n_i).
+* **per-model normalisation**: each model normalises with :func:`channel_stats` of its own set.
+* **no cross-model arithmetic**: convolutions are grouped (one group per model), linear layers are
+  ``baddbmm``, BatchNorm statistics are per model, the loss is a sum of per-model losses (so each
+  model's gradient is that of its own loss, exactly).
+* **deterministic kernels**: ``torch.use_deterministic_algorithms(True)``, cuDNN benchmark off,
+  TF32 off, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set at import when unset), float32 throughout.
+  The CPU thread count can change reductions' rounding: the engine runs with
+  ``TrainConfig.cpu_threads`` threads (0 = torch's current setting; record
+  :func:`runtime_fingerprint` next to the results).
+
+Vector width: the shard is trained in consecutive *groups* of ``TrainConfig.group_size`` models
+(default 8), the last group padded with empty dummy models, so every group has the same shapes and
+a model's logits do not depend on the shard size B either (``group_size=0`` = the whole shard as
+one group: then B matters). Measured on this CPU (torch 2.14, oneDNN 3.12): kernels choose
+blocking from tensor sizes, so the group size (NiN, small_cnn with odd sizes: up to ~1e-6 per step,
+amplified by training) and, for NiN, the CPU thread count change the bits; position inside a group
+(tested for small_cnn) and the neighbours' data and sizes never did. Fix ``group_size`` and ``cpu_threads`` per
+experiment and record :func:`runtime_fingerprint`. Shard composition must come from partition
+indices and ``shard_size`` only — never from data. :func:`train_one` is an independent reference
+implementation (plain ``nn.Module`` + ``torch.optim.SGD``) with the *same* initial weights,
+minibatches and augmentation draws; it agrees with the engine up to float rounding.
+
+Empty partitions: the model outputs all-zero logits (so its vote is class 0 under the
+smallest-index tie-break, and ROE's round 2 sees equal logits); a ``UserWarning`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from .errors import PoisonCertError  # noqa: E402
+from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model  # noqa: E402
+
+__all__ = [
+    "TrainConfig",
+    "channel_stats",
+    "canonical_order",
+    "train_shard",
+    "train_one",
+    "runtime_fingerprint",
+    "STD_FLOOR",
+]
+
+STD_FLOOR = 1e-2
+"""Lower bound on a channel's std (on the [0, 1] scale) so constant data does not divide by 0."""
+
+_RNG_TAG = 0x5EED
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one base model's training (identical for every model of a shard).
+
+    Defaults are tuned for scikit-learn digits (8x8) with k ~ 10..50 partitions on a laptop CPU.
+    The papers' NiN setup (DPA / FA / ROE, after Gidaris et al. 2018): ``arch="nin", epochs=200,
+    batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
+    lr_milestones=(60, 120, 160), lr_gamma=0.2``, random crop (padding 4 on CIFAR-10, 32x32) and
+    horizontal flips on CIFAR-10 only.
+    """
+
+    arch: str = "small_cnn"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    lr_milestones: tuple[int, ...] = ()  # epochs at which lr *= lr_gamma
+    lr_gamma: float = 0.2
+    crop_padding: int = 0  # random crop with this zero padding (0 = off)
+    hflip: bool = False  # random horizontal flips (off for digits / MNIST / GTSRB)
+    warmup_epochs: int = 0  # linear warm-up: epoch e < warmup uses lr * (e + 1) / warmup
+    eval_batch_size: int = 1000  # test images per forward pass (fixed, so logits never depend on data)
+    cpu_threads: int = 0  # torch CPU threads while training (0 = leave torch's setting)
+    group_size: int = 8  # models vectorised together (0 = the whole shard); part of the model's identity
+    channels_last: bool = True  # memory format of the vectorised engine's activations
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise PoisonCertError(
+                f"unknown architecture {self.arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+        checks = [
+            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
+            (self.lr_gamma > 0, "lr_gamma must be > 0"),
+            (all(m >= 0 for m in self.lr_milestones), "lr_milestones must be >= 0"),
+            (self.crop_padding >= 0, "crop_padding must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
+            (self.group_size >= 0, "group_size must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise PoisonCertError(f"TrainConfig: {msg}")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of a model's own (0-based) epoch."""
+        lr = self.lr * self.lr_gamma ** sum(1 for m in self.lr_milestones if epoch >= m)
+        if epoch < self.warmup_epochs:
+            lr *= (epoch + 1) / self.warmup_epochs
+        return lr
+
+
+# --------------------------------------------------------------------------------------------
+# data helpers
+# --------------------------------------------------------------------------------------------
+
+
+def channel_stats(images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std of uint8 images (n, C, H, W) on the [0, 1] scale,
+    float64. The std is floored at :data:`STD_FLOOR`; empty data gives mean 0, std 1."""
+    x = np.asarray(images_uint8)
+    if x.ndim != 4:
+        raise PoisonCertError(f"images must have shape (n, C, H, W), got {x.shape}")
+    c = x.shape[1]
+    if x.shape[0] == 0 or x[0].size == 0:
+        return np.zeros(c, np.float64), np.ones(c, np.float64)
+    xf = x.astype(np.float64) / 255.0
+    mean = xf.mean(axis=(0, 2, 3))
+    std = xf.std(axis=(0, 2, 3))
+    return mean, np.maximum(std, STD_FLOOR)
+
+
+def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices that sort a training set by (label, pixel bytes) lexicographically (stable)."""
+    n = len(labels)
+    if n <= 1:
+        return np.arange(n)
+    flat = np.asarray(images, np.uint8).reshape(n, -1)
+    # label as 8 big-endian bytes (labels are >= 0), then the pixels: one memcmp-ordered key per row
+    keys = np.concatenate([np.asarray(labels).astype(">i8").view(np.uint8).reshape(n, 8), flat], axis=1)
+    return np.argsort(np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).ravel(), kind="stable")
+
+
+def _check_set(i: int, images, labels, shape, n_classes: int):
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.dtype != np.uint8:
+        raise PoisonCertError(f"training set {i}: images must be uint8, got {images.dtype}")
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise PoisonCertError(f"training set {i}: images must have shape (n, {', '.join(map(str, shape))}), got {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise PoisonCertError(f"training set {i}: {images.shape[0]} images but labels of shape {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise PoisonCertError(f"training set {i}: labels must be in [0, {n_classes}), got {labels.min()}..{labels.max()}")
+    order = canonical_order(images, labels)
+    return np.ascontiguousarray(images[order]), np.ascontiguousarray(labels[order])
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise PoisonCertError(f"seeds must be integers in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
+class _Stream:
+    """One model's minibatch plan: consumed once per own epoch, independent of any neighbour."""
+
+    def __init__(self, n: int, seed: int, config: TrainConfig):
+        self.n = n
+        self.b = config.batch_size
+        self.steps_per_epoch = -(-n // self.b) if n else 0
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _RNG_TAG])))
+        self.config = config
+        self.epoch = -1
+
+    def draw_epoch(self):
+        c = self.config
+        self.epoch += 1
+        self.perm = self.rng.permutation(self.n)
+        p = c.crop_padding
+        self.offsets = self.rng.integers(0, 2 * p + 1, size=(self.n, 2)) if p else np.full((self.n, 2), 0)
+        self.flips = self.rng.random(self.n) < 0.5 if c.hflip else np.zeros(self.n, bool)
+
+    def batch(self, step: int):
+        """Rows (positions in the sorted set), crop offsets and flips of the model's ``step``-th step."""
+        e, j = divmod(step, self.steps_per_epoch)
+        if j == 0:
+            self.draw_epoch()
+        assert e == self.epoch
+        sl = slice(j * self.b, (j + 1) * self.b)
+        return self.perm[sl], self.offsets[sl], self.flips[sl], e
+
+
+def _crop_flip(u8: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, H: int, W: int, pad: int,
+               hflip: bool) -> torch.Tensor:
+    """u8: (m, C, H+2p, W+2p) zero-padded uint8 -> (m, C, H, W) crops, flipped where ``flips``."""
+    if pad:
+        m, C = u8.shape[:2]
+        dev = u8.device
+        rows = offsets[:, 0:1] + torch.arange(H, device=dev)  # (m, H)
+        cols = offsets[:, 1:2] + torch.arange(W, device=dev)  # (m, W)
+        u8 = u8[torch.arange(m, device=dev)[:, None, None, None], torch.arange(C, device=dev)[None, :, None, None],
+                rows[:, None, :, None], cols[:, None, None, :]]
+    if hflip:
+        u8 = torch.where(flips[:, None, None, None], u8.flip(-1), u8)
+    return u8
+
+
+def _normalize(u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 ((x / 255) - mean) / std; mean, std broadcastable (..., C, 1, 1)."""
+    return (u8.to(torch.float32) / 255.0 - mean) / std
+
+
+# --------------------------------------------------------------------------------------------
+# determinism
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+@contextmanager
+def deterministic_mode(config: TrainConfig):
+    """Deterministic kernels, no TF32, fixed CPU thread count; restores the previous settings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prev = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.get_num_threads(),
+        )
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        if config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+            torch.backends.cudnn.deterministic = prev[2]
+            torch.backends.cudnn.benchmark = prev[3]
+            torch.backends.cuda.matmul.allow_tf32 = prev[4]
+            torch.backends.cudnn.allow_tf32 = prev[5]
+            if torch.get_num_threads() != prev[6]:
+                torch.set_num_threads(prev[6])
+
+
+def runtime_fingerprint(config: TrainConfig | None = None, device: str | None = None) -> dict:
+    """What besides data, seed and config the logits depend on; store it with the results."""
+    dev = _resolve_device(device)
+    threads = config.cpu_threads if (config is not None and config.cpu_threads) else torch.get_num_threads()
+    out = {"torch": torch.__version__, "numpy": np.__version__, "device": dev.type, "cpu_threads": threads}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version()
+    return out
+
+
+def _init_model(config: TrainConfig, shape, n_classes: int, seed: int) -> torch.nn.Module:
+    """The model's initial weights: a function of its seed alone (torch CPU RNG, forked)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return build_model(config.arch, *shape, n_classes)
+
+
+def _empty_warning(idx: list[int]):
+    warnings.warn(
+        f"{len(idx)} empty training set(s) (shard positions {idx[:10]}{'...' if len(idx) > 10 else ''}): "
+        "their models output all-zero logits (vote for class 0)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _validate_common(test_images, n_classes):
+    test_images = np.asarray(test_images)
+    if test_images.dtype != np.uint8 or test_images.ndim != 4:
+        raise PoisonCertError(f"test images must be uint8 (n, C, H, W), got {test_images.dtype} {test_images.shape}")
+    if int(n_classes) < 1:
+        raise PoisonCertError(f"n_classes must be >= 1, got {n_classes}")
+    return test_images, tuple(int(s) for s in test_images.shape[1:]), int(n_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# the vectorised engine
+# --------------------------------------------------------------------------------------------
+
+
+def train_shard(
+    train_sets: list[tuple[np.ndarray, np.ndarray]],
+    seeds: list[int],
+    test_images: np.ndarray,
+    n_classes: int,
+    config: TrainConfig,
+    device: str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Train B = len(train_sets) base models together; return float32 logits (B, n_test, n_classes).
+
+    ``train_sets[i]`` = (uint8 images (n_i, C, H, W), int64 labels (n_i,)); any order (sorted
+    internally). ``seeds[i]`` seeds model i. Model i's output does not depend on the other sets.
+
+    The shard is processed in consecutive groups of ``config.group_size`` models (the last one
+    padded with empty dummy models), each group vectorised; so model i's logits depend on
+    ``group_size`` and ``i % group_size`` but not on B.
+    """
+    test_images, shape, K = _validate_common(test_images, n_classes)
+    if len(train_sets) != len(seeds):
+        raise PoisonCertError(f"{len(train_sets)} training sets but {len(seeds)} seeds")
+    B = len(train_sets)
+    n_test = test_images.shape[0]
+    if B == 0:
+        return np.zeros((0, n_test, K), np.float32)
+    seeds = [_check_seed(s) for s in seeds]
+    sets = [_check_set(i, im, lb, shape, K) for i, (im, lb) in enumerate(train_sets)]
+    empty = [i for i, (_, lb) in enumerate(sets) if len(lb) == 0]
+    if empty:
+        _empty_warning(empty)
+    dev = _resolve_device(device)
+    G = config.group_size or B
+    n_groups = -(-B // G)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_groups * config.epochs, desc=f"train {B} x {config.arch}", unit="epoch",
+                   file=sys.stderr, leave=False)
+    out = np.zeros((B, n_test, K), np.float32)
+    blank = (np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
+    try:
+        with deterministic_mode(config):
+            test = torch.from_numpy(np.ascontiguousarray(test_images)).to(dev)
+            for g0 in range(0, B, G):
+                g_sets = sets[g0: g0 + G]
+                g_seeds = seeds[g0: g0 + G]
+                n_real = len(g_sets)
+                # pad the last group with empty dummies so that every group has G models
+                g_sets = g_sets + [blank] * (G - n_real)
+                g_seeds = g_seeds + [0] * (G - n_real)
+                out[g0: g0 + n_real] = _train_group(g_sets, g_seeds, test, shape, K, config, dev, bar)[:n_real]
+    finally:
+        if bar is not None:
+            bar.close()
+    for i in empty:
+        out[i] = 0.0
+    return out
+
+
+def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainConfig, dev: torch.device,
+                 bar) -> np.ndarray:
+    """Train one group of G models vectorised; logits (G, n_test, K) as numpy."""
+    B = len(sets)
+    C, H, W = shape
+    pad = config.crop_padding
+    bsz = config.batch_size
+    sizes = [len(lb) for _, lb in sets]
+    cl = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    # ---- stacked initial state (every model initialised from its own seed) -----------------
+    models = [_init_model(config, shape, K, s) for s in seeds]
+    template = models[0]
+    names = [n for n, _ in template.named_parameters()]
+    per_model = [dict(list(m.named_parameters()) + list(m.named_buffers())) for m in models]
+    state: dict[str, torch.Tensor] = {
+        name: torch.stack([pm[name].detach() for pm in per_model]).to(dev) for name in per_model[0]
+    }
+    del models, per_model
+    params = [state[n].requires_grad_(True) for n in names]
+    bufs = [torch.zeros_like(p) for p in params]  # momentum buffers (0 -> first step = grad)
+
+    # ---- data: one store of all (sorted) sets, zero-padded for cropping; last row = dummy ----
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    dummy = int(offsets[-1])
+    store_np = np.zeros((dummy + 1, C, H + 2 * pad, W + 2 * pad), np.uint8)
+    lab_np = np.zeros(dummy + 1, np.int64)
+    for i, (im, lb) in enumerate(sets):
+        store_np[offsets[i]: offsets[i + 1], :, pad: pad + H, pad: pad + W] = im
+        lab_np[offsets[i]: offsets[i + 1]] = lb
+    store = torch.from_numpy(store_np).to(dev)
+    label_store = torch.from_numpy(lab_np).to(dev)
+    stats = [channel_stats(im) for im, _ in sets]
+    mean = torch.tensor(np.stack([m for m, _ in stats]), dtype=torch.float32, device=dev)  # (B, C)
+    std = torch.tensor(np.stack([s for _, s in stats]), dtype=torch.float32, device=dev)
+    mean_b, std_b = mean.view(B, 1, C, 1, 1), std.view(B, 1, C, 1, 1)
+
+    streams = [_Stream(n, s, config) for n, s in zip(sizes, seeds)]
+    T = max(s.total_steps for s in streams)
+    spe_max = max(s.steps_per_epoch for s in streams)
+
+    idx_np = np.empty((B, bsz), np.int64)
+    msk_np = np.empty((B, bsz), np.float32)
+    off_np = np.empty((B, bsz, 2), np.int64)
+    flp_np = np.empty((B, bsz), bool)
+    act_np = np.empty(B, bool)
+    lr_np = np.empty(B, np.float32)
+    wd, mom = config.weight_decay, config.momentum
+    for t in range(T):
+        idx_np.fill(dummy)
+        msk_np.fill(0.0)
+        off_np.fill(0)
+        flp_np.fill(False)
+        for i, st in enumerate(streams):
+            act = t < st.total_steps
+            act_np[i] = act
+            lr_np[i] = 0.0
+            if not act:
+                continue
+            rows, offs, flips, epoch = st.batch(t)
+            r = len(rows)
+            idx_np[i, :r] = offsets[i] + rows
+            msk_np[i, :r] = 1.0
+            off_np[i, :r] = offs
+            flp_np[i, :r] = flips
+            lr_np[i] = config.lr_at(epoch)
+        idx = torch.from_numpy(idx_np).to(dev).view(-1)
+        mask_bt = torch.from_numpy(msk_np).to(dev)  # (B, b)
+        u8 = _crop_flip(store[idx], torch.from_numpy(off_np).to(dev).view(-1, 2),
+                        torch.from_numpy(flp_np).to(dev).view(-1), H, W, pad, config.hflip)
+        x = _normalize(u8.view(B, bsz, C, H, W), mean_b, std_b)  # (B, b, C, H, W)
+        x = x.transpose(0, 1).reshape(bsz, B * C, H, W).contiguous(memory_format=cl)
+        y1h = F.one_hot(label_store[idx].view(B, bsz), K).to(torch.float32)
+
+        ctx = BatchedContext(B, mask_bt.t().contiguous())
+        logits = batched_forward(template, state, x, ctx)  # (B, b, K)
+        nll = -(torch.log_softmax(logits, dim=-1) * y1h).sum(-1)  # (B, b)
+        loss_m = (nll * mask_bt).sum(1) / mask_bt.sum(1).clamp(min=1.0)
+        grads = torch.autograd.grad(loss_m.sum(), params)
+
+        with torch.no_grad():
+            active = torch.from_numpy(act_np).to(dev)
+            lr_t = torch.from_numpy(lr_np).to(dev)
+            for p, g, m in zip(params, grads, bufs):
+                view = (B,) + (1,) * (p.dim() - 1)
+                a = active.view(view)
+                d = g + wd * p if wd else g
+                m_new = m * mom + d
+                step = d + mom * m_new if config.nesterov else m_new
+                p.copy_(torch.where(a, p - lr_t.view(view) * step, p))
+                m.copy_(torch.where(a, m_new, m))
+            for name, rm_new, rv_new in ctx.bn_updates:
+                a = active.view(B, 1)
+                state[name + ".running_mean"].copy_(torch.where(a, rm_new, state[name + ".running_mean"]))
+                state[name + ".running_var"].copy_(torch.where(a, rv_new, state[name + ".running_var"]))
+                nbt = state.get(name + ".num_batches_tracked")
+                if nbt is not None:
+                    nbt.add_(active.to(nbt.dtype))
+        if bar is not None and (t + 1) % spe_max == 0:
+            bar.update(1)
+    if bar is not None and T == 0:
+        bar.update(config.epochs)
+
+    # ---- evaluation (running BN statistics), fixed chunks of the test set ------------------
+    n_test = test.shape[0]
+    out = torch.empty(B, n_test, K, dtype=torch.float32)
+    eb = config.eval_batch_size
+    with torch.no_grad():
+        for s in range(0, n_test, eb):
+            u8 = test[s: s + eb]
+            m = u8.shape[0]
+            x = _normalize(u8.unsqueeze(0), mean_b, std_b)  # (B, m, C, H, W)
+            x = x.transpose(0, 1).reshape(m, B * C, H, W).contiguous(memory_format=cl)
+            out[:, s: s + m] = batched_forward(template, state, x, BatchedContext(B, None)).cpu()
+    return out.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# the reference path: one model, plain nn.Module + torch.optim.SGD
+# --------------------------------------------------------------------------------------------
+
+
+def train_one(train_set, seed, test_images, n_classes, config: TrainConfig, device: str | None = None) -> np.ndarray:
+    """Train one model alone with a plain loop; float32 logits (n_test, n_classes).
+
+    Same initial weights, minibatches and augmentation draws as :func:`train_shard`; differs from
+    it only by float rounding (different kernel shapes)."""
+    test_images, shape, K = _validate_common(test_images, n_classes)
+    seed = _check_seed(seed)
+    images, labels = _check_set(0, train_set[0], train_set[1], shape, K)
+    n = len(labels)
+    n_test = test_images.shape[0]
+    if n == 0:
+        _empty_warning([0])
+        return np.zeros((n_test, K), np.float32)
+    dev = _resolve_device(device)
+    C, H, W = shape
+    pad = config.crop_padding
+    with deterministic_mode(config):
+        model = _init_model(config, shape, K, seed).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay, nesterov=config.nesterov)
+        m_np, s_np = channel_stats(images)
+        mean = torch.tensor(m_np, dtype=torch.float32, device=dev).view(C, 1, 1)
+        std = torch.tensor(s_np, dtype=torch.float32, device=dev).view(C, 1, 1)
+        padded = np.zeros((n, C, H + 2 * pad, W + 2 * pad), np.uint8)
+        padded[:, :, pad: pad + H, pad: pad + W] = images
+        store = torch.from_numpy(padded).to(dev)
+        ys = torch.from_numpy(labels).to(dev)
+        stream = _Stream(n, seed, config)
+        model.train()
+        for t in range(stream.total_steps):
+            rows, offs, flips, epoch = stream.batch(t)
+            for g in opt.param_groups:
+                g["lr"] = config.lr_at(epoch)
+            r = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
+            u8 = _crop_flip(store[r], torch.from_numpy(np.ascontiguousarray(offs)).to(dev),
+                            torch.from_numpy(np.ascontiguousarray(flips)).to(dev), H, W, pad, config.hflip)
+            x = _normalize(u8, mean, std)
+            logits = model(x)
+            loss = -(torch.log_softmax(logits, -1) * F.one_hot(ys[r], K).to(torch.float32)).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        out = torch.empty(n_test, K, dtype=torch.float32)
+        test = torch.from_numpy(np.ascontiguousarray(test_images)).to(dev)
+        with torch.no_grad():
+            for s in range(0, n_test, config.eval_batch_size):
+                out[s: s + config.eval_batch_size] = model(_normalize(test[s: s + config.eval_batch_size], mean, std)).cpu()
+    return out.numpy()
