@@ -6,6 +6,7 @@ No torch, no file I/O. Every function validates its input and raises
 
 from ._common import Certificate, check_scores, plurality, vote_counts, votes
 from .dpa import dpa, dpa_from_counts
+from .binary import binary_kmeans, binary_kmeans_counts  # DPA App. B (2-means SS-DPA)
 from .metrics import certified_accuracy, certified_radius_or_minus_one, median_certified_radius
 from .fa import FACertifiedAccuracy, default_fa_offsets, fa, fa_certified_accuracy, fa_from_votes, fa_improvement_stats
 from .roe import dpa_roe, dpa_star_logits, fa_roe, roe_predict
