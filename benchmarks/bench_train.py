@@ -142,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--ks", default="10,25,50")
     ap.add_argument("--loop-k", type=int, default=50, help="k at which the per-model loop is timed (0 = skip)")
     ap.add_argument("--group-sizes", default="1,8,0", help="engine group sizes timed at --loop-k (0 = whole shard)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (TrainConfig.cpu_threads)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
     ap.add_argument("--paper-gpu", action="store_true", help="paper-scale NiN timing on CUDA")
@@ -151,12 +151,14 @@ def main(argv=None):
     ap.add_argument("--paper-epochs", type=int, default=200)
     ap.add_argument("--paper-shard-size", type=int, default=100)
     ap.add_argument("--paper-shards", type=int, default=1, help="shards actually trained (then extrapolated)")
+    ap.add_argument("--paper-test", type=int, default=10000, help="test images (MNIST: 10000)")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    cfg = TrainConfig() if args.epochs is None else TrainConfig(epochs=args.epochs)
+    cfg = TrainConfig(cpu_threads=args.threads)
+    if args.epochs is not None:
+        cfg = dataclasses.replace(cfg, epochs=args.epochs)
     rows: list[dict] = []
     fp = runtime_fingerprint(cfg, args.device)
     common = {"device": fp["device"], "threads": threads, "torch": torch.__version__,
@@ -271,9 +273,9 @@ def paper_gpu(args, common: dict) -> list[dict]:
         args.device = "cuda"
     cfg = TrainConfig(arch="nin", epochs=args.paper_epochs, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                       nesterov=True, lr_milestones=(60, 120, 160), lr_gamma=0.2, crop_padding=2, hflip=False,
-                      group_size=args.paper_shard_size)
+                      group_size=args.paper_shard_size, cpu_threads=args.threads)
     rng = np.random.default_rng(0)
-    test = rng.integers(0, 256, (10000, 1, 28, 28)).astype(np.uint8)
+    test = rng.integers(0, 256, (args.paper_test, 1, 28, 28)).astype(np.uint8)
     rows = []
     for s in range(args.paper_shards):
         sets = []

@@ -46,6 +46,13 @@ def n_shards(n_models):
     return (n_models + size - 1) // size
 
 
+def train_extra_inputs(wildcards):
+    """The shared SS-DPA extractor, for experiments whose learner is rotnet."""
+    if experiment(wildcards)["learner"] == "rotnet":
+        return {"extractor": f"results/{wildcards.exp}/extractor.pt"}
+    return {}
+
+
 def shard_files(wildcards):
     from poisoncert.partition import n_models
 

@@ -1,3 +1,16 @@
+# Local jobs (run by snakemake itself, not submitted to a cluster; README "Running on SLURM"):
+# partition is cheap (index bookkeeping, seconds); prepare only when it downloads, because compute
+# nodes usually have no internet while the login node does.
+localrules:
+    partition,
+
+
+if config["download"]:
+
+    localrules:
+        prepare,
+
+
 rule prepare:
     """Load a dataset into the canonical dataset file (uint8 NCHW, int64 labels, content hash)."""
     output:

@@ -19,7 +19,12 @@ def test_default_config_is_valid_and_filled(repo_root):
     exp = cfg["experiments"]["dpa_digits"]
     assert len(exp["k"]) >= 3
     assert exp["train"]["batch_size"] >= 1 and exp["d"] == [1]
-    assert [e["n_models"] for e in ensembles(cfg)] == exp["k"]
+    dpa = [e for e in ensembles(cfg) if e["exp"] == "dpa_digits"]
+    assert [e["n_models"] for e in dpa] == exp["k"]
+    schemes = {e["scheme"] for e in cfg["experiments"].values()}
+    assert schemes == {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "binomial"}  # every scheme on digits
+    bag = [e for e in ensembles(cfg) if e["scheme"] == "bagging"]
+    assert bag[0]["n_models"] == cfg["experiments"]["bagging_digits"]["n_models"]
 
 
 def test_every_schema_key_has_description_and_default():

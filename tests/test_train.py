@@ -15,7 +15,7 @@ import torch
 
 from poisoncert.errors import PoisonCertError
 from poisoncert.models import ARCHITECTURES, BatchedContext, batched_forward, build_model
-from poisoncert.train import STD_FLOOR, TrainConfig, canonical_order, channel_stats, train_one, train_shard
+from poisoncert.train import STD_FLOOR, TrainConfig, channel_stats, train_one, train_shard
 
 N_CLASSES = 4
 SHAPE = (1, 8, 8)
@@ -164,14 +164,6 @@ def test_empty_partition_gives_zero_logits(data):
     with pytest.warns(UserWarning, match="empty"):
         one = train_one(sets[1], 5, test_images, N_CLASSES, CFG, device="cpu")
     assert one.shape == (len(test_images), N_CLASSES) and not one.any()
-
-
-def test_canonical_order_is_label_then_pixels():
-    rng = np.random.default_rng(1)
-    im = rng.integers(0, 4, (300, 1, 3, 3)).astype(np.uint8)
-    lb = rng.integers(0, 3, 300).astype(np.int64)
-    ref = np.lexsort([im.reshape(300, -1)[:, j] for j in range(8, -1, -1)] + [lb])
-    assert np.array_equal(canonical_order(im, lb), ref)
 
 
 def test_channel_stats():

@@ -56,6 +56,7 @@ TINY = {
             "train": {"arch": "small_cnn", "epochs": 2},
         },
         "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
+        "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "extractor": {"epochs": 1, "width": 8}},
         "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
     },
 }
@@ -100,5 +101,8 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     assert fa["n_models"] == 6 and fa["unit"] == "insertions+deletions"
     bag = json.loads((res / "tinybag" / "k30_d1" / "certificates" / "random_selection.json").read_text())
     assert bag["n_models"] == 4 and bag["unit"] != "insertions+deletions"
+    ss = json.loads((res / "tinyss" / "k5_d1" / "certificates" / "dpa.json").read_text())
+    assert ss["unit"] == "label flips" and ss["mean_base_accuracy"] > 0.3
+    assert (res / "tinyss" / "extractor.pt").exists()
     # every rule wrote its log
     assert (res / "logs" / "train" / "tiny" / "k7_d1" / "shard2.log").exists()

@@ -1,6 +1,6 @@
 """``python -m poisoncert <verb>``: the command line the Snakemake rules call.
 
-Verbs: ``prepare``, ``partition``, ``train``, ``aggregate``, ``certify``, ``report``,
+Verbs: ``prepare``, ``partition``, ``extractor``, ``train``, ``aggregate``, ``certify``, ``report``,
 ``check-config``. A :class:`~poisoncert.errors.PoisonCertError` becomes one line on stderr
 (``poisoncert: error: ...``) and exit status 2; anything else is a bug and keeps its traceback.
 """
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--extractor", default=None, help="SS-DPA: feature extractor file (heads are trained on its features)")
+
+    s = sub.add_parser("extractor", help="train the SS-DPA label-free feature extractor")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", default="{}", help="JSON of ExtractorConfig fields")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     s = sub.add_parser("aggregate", help="gather shard logits into the scores file")
     s.add_argument("--dataset-file", required=True)
@@ -106,7 +113,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         selection = {"n_models": args.n_models, "clean_classes": args.clean_classes, "clean_count": args.clean_count, "balance": args.balance, "balance_size": args.balance_size}
         stages.partition(args.dataset_file, args.out, args.scheme, args.k, args.d, args.offsets, args.same_seed, args.seed_base, selection)
     elif args.verb == "train":
-        stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress)
+        stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress, args.extractor)
+    elif args.verb == "extractor":
+        stages.extractor(args.dataset_file, args.out, json.loads(args.config), args.device)
     elif args.verb == "aggregate":
         stages.aggregate(args.dataset_file, args.partitions, args.shards, args.out, json.loads(args.experiment))
     elif args.verb == "certify":

@@ -110,6 +110,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     check_offsets(exp["offsets"], k, exp["d"][0])
                 except PoisonCertError as exc:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
+        if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
+            raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
         if scheme in SELECTION_SCHEMES:
             if exp["d"] != [1]:
                 raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1]")

@@ -7,6 +7,7 @@ file that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -70,6 +71,40 @@ def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offs
     print(f"{scheme} k={k} d={d}: {parts.n_models} base models, training-set sizes min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}")
 
 
+# ---------------------------------------------------------------------------------------------- extractor
+
+
+def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str = "auto") -> None:
+    """Train the SS-DPA feature extractor once on all unlabeled training images (no labels read)."""
+    import torch
+
+    from .semisup import ExtractorConfig, train_extractor
+
+    ds = read_dataset(dataset_file)
+    try:
+        cfg = ExtractorConfig(**config)
+    except TypeError as exc:
+        raise PoisonCertError(f"bad extractor configuration: {exc}") from None
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    state = train_extractor(ds.train_images, cfg, device=dev)
+    state["dataset_hash"] = ds.meta()["content_hash"]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    print(f"extractor trained on {state['n_images']} unique unlabeled images: {state['n_features']} features")
+
+
+def _read_extractor(path: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign file
+        raise PoisonCertError(f"extractor file {path} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 
@@ -83,11 +118,15 @@ def shard_range(shard: int, shard_size: int, n_models: int) -> range:
     return range(first, min(first + shard_size, n_models))
 
 
-def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_config: dict[str, Any], device: str = "auto", threads: int = 1, progress: bool = True) -> None:
-    """Train the base models of one shard and write their test-set logits."""
+def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_config: dict[str, Any], device: str = "auto", threads: int = 1, progress: bool = True, extractor_file: str | None = None) -> None:
+    """Train the base models of one shard and write their test-set logits.
+
+    With ``extractor_file`` (SS-DPA, learner rotnet) each base model is a head on the shared
+    label-free features, trained on its own partition's labels only.
+    """
     import torch
 
-    from .train import TrainConfig, train_shard
+    from .train import TrainConfig, runtime_fingerprint, train_shard
 
     torch.set_num_threads(threads)
     ds = read_dataset(dataset_file)
@@ -98,6 +137,7 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     train_sets = [(ds.train_images[parts.members(m)], ds.train_labels[parts.members(m)]) for m in models]
     seeds = [int(parts.seeds[m]) for m in models]
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in train_config.items()}
+    fields.setdefault("cpu_threads", threads)
     try:
         cfg = TrainConfig(**fields)
     except TypeError as exc:
@@ -105,7 +145,17 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     dev = None if device == "auto" else device
     if dev == "cuda" and not torch.cuda.is_available():
         raise PoisonCertError("device: cuda was asked for but no GPU is visible; set device: auto or cpu")
-    logits = train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=dev, progress=progress)
+    if extractor_file is not None:
+        from .semisup import HeadConfig, extract_features, train_heads
+
+        state = _read_extractor(extractor_file)
+        if state.get("dataset_hash") != pmeta["dataset_hash"]:
+            raise PoisonCertError(f"{extractor_file} was trained on other data; delete it and rerun")
+        feats = extract_features(state, np.concatenate([ds.train_images, ds.test_images]))
+        n_train = len(ds.train_labels)
+        logits = train_heads(feats[:n_train], ds.train_labels, [parts.members(m) for m in models], seeds, feats[n_train:], ds.n_classes, HeadConfig())
+    else:
+        logits = train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=dev, progress=progress)
     used_device = dev or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "models": [models.start, models.stop],
@@ -114,7 +164,9 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         "device": used_device if used_device == "cpu" else f"cuda:{torch.cuda.get_device_name(0)}",
         "threads": threads,
         "torch": torch.__version__,
-        "train": train_config,
+        "train": dataclasses.asdict(cfg),
+        "runtime": runtime_fingerprint(cfg, used_device),
+        "learner": "rotnet" if extractor_file else "supervised",
         "dataset_hash": pmeta["dataset_hash"],
     }
     atomic_savez(out, logits=np.asarray(logits, dtype=np.float32), meta=np.array(json.dumps(meta)))
@@ -200,7 +252,8 @@ def _need(meta: dict[str, Any], *keys: str) -> list[Any]:
 
 
 def _cert_dpa(scores, meta):
-    unit = "label flips" if meta.get("scheme") == "ssdpa" else "insertions+deletions"
+    rotnet = meta.get("experiment", {}).get("learner") == "rotnet"
+    unit = "label flips" if meta.get("scheme") == "ssdpa" or rotnet else "insertions+deletions"
     return certify.dpa(scores, unit=unit)
 
 

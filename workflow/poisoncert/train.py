@@ -7,7 +7,7 @@ the :class:`TrainConfig` — including ``group_size`` — its position in its gr
 type, the torch version and the CPU thread count). They do **not** depend, by a single bit, on the contents
 or the sizes of the other partitions in its shard:
 
-* **order**: the engine sorts each training set internally by (label, pixel bytes)
+* **order**: the engine sorts each training set internally by (pixel bytes, label)
   lexicographically, so the order the caller passes does not matter (callers may still pass a
   canonical order; it is ignored).
 * **fixed per-model shapes**: every model sees minibatches of exactly ``batch_size`` rows; a
@@ -28,8 +28,10 @@ or the sizes of the other partitions in its shard:
 * **deterministic kernels**: ``torch.use_deterministic_algorithms(True)``, cuDNN benchmark off,
   TF32 off, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set at import when unset), float32 throughout.
   The CPU thread count can change reductions' rounding: the engine runs with
-  ``TrainConfig.cpu_threads`` threads (0 = torch's current setting; record
-  :func:`runtime_fingerprint` next to the results).
+  ``TrainConfig.cpu_threads`` threads (default 1, so the bits do not depend on the machine's core
+  count; 0 = torch's current setting; record :func:`runtime_fingerprint` next to the results).
+  One thread per job is also the fast choice on a shared CPU: with 2 OpenMP threads on 2 busy
+  cores a shard ran up to 50x slower (measured); parallelise over jobs (snakemake --cores) instead.
 
 Vector width: the shard is trained in consecutive *groups* of ``TrainConfig.group_size`` models
 (default 8), the last group padded with empty dummy models, so every group has the same shapes and
@@ -61,13 +63,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .data import canonical_order  # noqa: E402  (pixels, then label: DPA paper 2.2.1)
 from .errors import PoisonCertError  # noqa: E402
 from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model  # noqa: E402
 
 __all__ = [
     "TrainConfig",
     "channel_stats",
-    "canonical_order",
     "train_shard",
     "train_one",
     "runtime_fingerprint",
@@ -104,7 +106,7 @@ class TrainConfig:
     hflip: bool = False  # random horizontal flips (off for digits / MNIST / GTSRB)
     warmup_epochs: int = 0  # linear warm-up: epoch e < warmup uses lr * (e + 1) / warmup
     eval_batch_size: int = 1000  # test images per forward pass (fixed, so logits never depend on data)
-    cpu_threads: int = 0  # torch CPU threads while training (0 = leave torch's setting)
+    cpu_threads: int = 1  # torch CPU threads while training (0 = leave torch's setting); see module doc
     group_size: int = 8  # models vectorised together (0 = the whole shard); part of the model's identity
     channels_last: bool = True  # memory format of the vectorised engine's activations
 
@@ -159,17 +161,6 @@ def channel_stats(images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = xf.mean(axis=(0, 2, 3))
     std = xf.std(axis=(0, 2, 3))
     return mean, np.maximum(std, STD_FLOOR)
-
-
-def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Indices that sort a training set by (label, pixel bytes) lexicographically (stable)."""
-    n = len(labels)
-    if n <= 1:
-        return np.arange(n)
-    flat = np.asarray(images, np.uint8).reshape(n, -1)
-    # label as 8 big-endian bytes (labels are >= 0), then the pixels: one memcmp-ordered key per row
-    keys = np.concatenate([np.asarray(labels).astype(">i8").view(np.uint8).reshape(n, 8), flat], axis=1)
-    return np.argsort(np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).ravel(), kind="stable")
 
 
 def _check_set(i: int, images, labels, shape, n_classes: int):
