@@ -89,8 +89,17 @@ def radii_arg():
     return ",".join(str(r) for r in config["radii"])
 
 
+def experiments_on(dataset):
+    return [name for name, exp in config["experiments"].items() if exp["dataset"] == dataset]
+
+
 def all_targets():
+    figures = ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")
     out = []
     for name in config["experiments"]:
-        out += [f"results/{name}/report/{f}" for f in ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")]
+        out += [f"results/{name}/report/{f}" for f in figures]
+    datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
+    for ds in datasets:
+        if len(experiments_on(ds)) > 1:
+            out += [f"results/compare/{ds}/{f}" for f in figures]
     return out

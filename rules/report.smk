@@ -1,5 +1,6 @@
 localrules:
     report,
+    compare,
 
 
 rule report:
@@ -22,4 +23,26 @@ rule report:
         title=lambda wc: f"{wc.exp} ({experiment(wc)['dataset']}, {experiment(wc)['scheme']})",
     shell:
         "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title '{params.title}' "
+        "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+
+
+rule compare:
+    """All methods run on one dataset side by side: one table, one figure with a panel per unit."""
+    input:
+        lambda wc: [f for name in experiments_on(wc.dataset) for f in certificate_summaries(name)],
+    output:
+        csv="results/compare/{dataset}/table.csv",
+        md="results/compare/{dataset}/table.md",
+        png=report(
+            "results/compare/{dataset}/certified_accuracy.png",
+            caption="../workflow/report/compare.rst",
+            category="comparison",
+        ),
+        pdf="results/compare/{dataset}/certified_accuracy.pdf",
+    log:
+        "results/logs/compare/{dataset}.log",
+    params:
+        radii=radii_arg(),
+    shell:
+        "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title 'all methods on {wildcards.dataset}' "
         "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"

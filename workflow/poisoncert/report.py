@@ -14,7 +14,16 @@ from .errors import PoisonCertError
 
 __all__ = ["read_summaries", "summary_table", "plot_certified_accuracy", "write_report"]
 
-CERT_LABELS = {"dpa": "DPA", "fa": "FA", "dpa_roe": "DPA+ROE", "fa_roe": "FA+ROE", "dpa_star_roe": "DPA*+ROE"}
+CERT_LABELS = {
+    "dpa": "DPA",
+    "fa": "FA",
+    "dpa_roe": "DPA+ROE",
+    "fa_roe": "FA+ROE",
+    "dpa_star_roe": "DPA*+ROE",
+    "bagging": "bagging (Jia)",
+    "random_selection": "random selection (Chen)",
+}
+SCHEME_LABELS = {"bagging": "with repl.", "bagging_wor": "without repl.", "binomial": "binomial"}
 
 
 def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
@@ -31,6 +40,8 @@ def _label(s: dict[str, Any]) -> str:
     name = CERT_LABELS.get(s["certificate"], s["certificate"])
     if s.get("scheme") == "ssdpa":
         name = "SS-DPA"
+    if s.get("scheme") in SCHEME_LABELS:
+        return f"{name}, {SCHEME_LABELS[s['scheme']]}, n_s={s.get('k', '?')}, T={s['n_models']}"
     dpart = f", d={s['d']}" if s.get("d", 1) != 1 or s.get("scheme") in ("fa", "dpa_star") else ""
     return f"{name} k={s.get('k', '?')}{dpart}"
 
@@ -77,25 +88,35 @@ def _markdown(df) -> str:
 
 
 def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: str, pdf: str) -> None:
-    """Certified accuracy vs attack size, one curve per (k, d, certificate)."""
+    """Certified accuracy vs attack size, one curve per (ensemble, certificate), one panel per unit.
+
+    Certificates that count attack size in different units (insertions+deletions, label flips,
+    Jia's modifications+max(insertions, deletions), ...) never share an axis.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    units = sorted({s["unit"] for s in summaries})
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    for s in sorted(summaries, key=lambda s: (s["certificate"], s.get("k", 0), s.get("d", 0))):
-        r = np.asarray(s["curve"]["radius"])
-        a = np.asarray(s["curve"]["certified_accuracy"])
-        ax.step(r, 100 * a, where="post", label=_label(s))
-    ax.set_xlabel(f"attack size ({' / '.join(units)})")
-    ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    units = sorted({s["unit"] for s in summaries}, key=lambda u: (u != "insertions+deletions", u))
+    fig, axes = plt.subplots(1, len(units), figsize=(6.4 * len(units), 4.4), constrained_layout=True, squeeze=False)
+    for ax, unit in zip(axes[0], units):
+        group = [s for s in summaries if s["unit"] == unit]
+        colors = plt.cm.tab20(np.linspace(0, 1, 20))
+        styles = ["-", "--", ":", "-."]
+        certs = sorted({s["certificate"] for s in group})
+        for i, s in enumerate(sorted(group, key=lambda s: (s["certificate"], s.get("scheme", ""), s.get("k", 0), s.get("d", 0)))):
+            r = np.asarray(s["curve"]["radius"])
+            a = np.asarray(s["curve"]["certified_accuracy"])
+            style = styles[certs.index(s["certificate"]) % len(styles)]
+            ax.step(r, 100 * a, where="post", label=_label(s), color=colors[i % 20], linestyle=style)
+        ax.set_xlabel(f"attack size ({unit})")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
     for path in (png, pdf):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}{Path(path).suffix}")
@@ -107,7 +128,7 @@ def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: st
 def write_report(summary_files: list[str], radii: list[int], title: str, out_csv: str, out_md: str, out_png: str, out_pdf: str) -> None:
     summaries = read_summaries(summary_files)
     df = summary_table(summaries, radii)
-    df = df.sort_values(["certificate", "k", "d"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["unit", "scheme", "certificate", "k", "d"], kind="stable").reset_index(drop=True)
     atomic_write_text(out_csv, df.to_csv(index=False))
     atomic_write_text(out_md, f"# {title}\n\n" + _markdown(df))
     plot_certified_accuracy(summaries, title, out_png, out_pdf)
