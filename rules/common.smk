@@ -96,8 +96,10 @@ def experiments_on(dataset):
 def all_targets():
     figures = ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")
     out = []
-    for name in config["experiments"]:
+    for name, exp in config["experiments"].items():
         out += [f"results/{name}/report/{f}" for f in figures]
+        if exp["poison_check"]:
+            out += [f"{ensemble_dir(name, k, d)}/poison_check.json" for k in exp["k"] for d in exp["d"]]
     datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
     for ds in datasets:
         if len(experiments_on(ds)) > 1:

@@ -53,6 +53,7 @@ TINY = {
             "scheme": "dpa",
             "k": [4, 7],
             "certificates": ["dpa"],
+            "poison_check": 2,
             "train": {"arch": "small_cnn", "epochs": 2},
         },
         "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
@@ -101,6 +102,8 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     assert fa["n_models"] == 6 and fa["unit"] == "insertions+deletions"
     bag = json.loads((res / "tinybag" / "k30_d1" / "certificates" / "random_selection.json").read_text())
     assert bag["n_models"] == 4 and bag["unit"] != "insertions+deletions"
+    pc = json.loads((res / "tiny" / "k7_d1" / "poison_check.json").read_text())
+    assert pc["attacked"] >= 1 and pc["held"] == pc["attacked"]
     ss = json.loads((res / "tinyss" / "k5_d1" / "certificates" / "dpa.json").read_text())
     assert ss["unit"] == "label flips" and ss["mean_base_accuracy"] > 0.3
     assert (res / "tinyss" / "extractor.pt").exists()

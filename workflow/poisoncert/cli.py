@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--poisoning-model", default=None, help="random_selection: P1..P6")
     s.add_argument("--clean-size", type=int, default=None, help="random_selection: known-clean samples in every set")
 
+    s = sub.add_parser("poison-check", help="attack certified samples within their radius, retrain, confirm they hold")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("scores")
+    s.add_argument("--targets", type=int, default=3, help="number of certified test samples to attack")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-json", required=True)
+
     s = sub.add_parser("report", help="table and figure from certificate summaries")
     s.add_argument("summaries", nargs="+")
     s.add_argument("--radii", type=_int_list, default=[0, 1, 2, 4, 8, 16])
@@ -120,6 +127,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         stages.aggregate(args.dataset_file, args.partitions, args.shards, args.out, json.loads(args.experiment))
     elif args.verb == "certify":
         stages.run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, {"k": args.k, "d": args.d, "offsets": args.offsets, "alpha": args.alpha, "train_size": args.train_size, "subsample_size": args.subsample_size, "scheme": args.scheme, "poisoning_model": args.poisoning_model, "n_clean": args.clean_size})
+    elif args.verb == "poison-check":
+        stages.run_poison_check(args.dataset_file, args.scores, args.out_csv, args.out_json, args.targets)
     elif args.verb == "report":
         from .report import write_report
 

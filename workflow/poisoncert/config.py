@@ -110,6 +110,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     check_offsets(exp["offsets"], k, exp["d"][0])
                 except PoisonCertError as exc:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
+        if exp["poison_check"] and (scheme not in ("dpa", "fa") or exp["learner"] != "supervised"):
+            raise PoisonCertError(f"config key experiments.{name}.poison_check: the poison check attacks supervised dpa and fa ensembles only")
         if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
             raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
         if scheme in SELECTION_SCHEMES:

@@ -360,6 +360,49 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------- poison check
+
+
+def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json: str, n_targets: int = 3) -> dict[str, Any]:
+    """Attack certified test samples with as many poisons as their certificate allows, retrain, check."""
+    import dataclasses as dc
+
+    import pandas as pd
+    import torch
+
+    from .attack import poison_check
+    from .train import TrainConfig, train_shard
+
+    ds = read_dataset(dataset_file)
+    scores, labels, meta = read_scores(scores_file)
+    if meta.get("dataset_hash") != ds.meta()["content_hash"]:
+        raise PoisonCertError(f"{scores_file} was made from other data than {dataset_file}")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["train"].items()}
+    cfg = TrainConfig(**fields)
+    device = "cpu" if meta["device"] == "cpu" else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError("these scores were trained on a GPU; run the poison check where one is visible")
+
+    def train_fn(train_sets, seeds):
+        return train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=device, progress=False)
+
+    outcomes = poison_check(ds, scores, meta, train_fn, n_targets)
+    rows = [{**dc.asdict(o), "held": o.held} for o in outcomes]
+    table = pd.DataFrame(rows, columns=["sample", "label", "prediction", "radius", "target_class", "n_poisons", "models_changed", "votes_to_target", "new_prediction", "held"])
+    print(table.to_string(index=False))
+    broken = [o for o in outcomes if not o.held]
+    if broken:
+        raise PoisonCertError(
+            f"{len(broken)} of {len(outcomes)} certified predictions were flipped by an attack within their certificate "
+            f"(samples {[o.sample for o in broken]}): the certificate or the training determinism is broken"
+        )
+    summary = {"scores_file": str(scores_file), "attacked": len(outcomes), "held": len(outcomes) - len(broken), "total_poisons": int(table["n_poisons"].sum()) if rows else 0}
+    atomic_write_text(out_csv, table.to_csv(index=False))
+    atomic_write_text(out_json, json.dumps(summary, indent=1))
+    print(f"poison check: {summary['held']} of {summary['attacked']} attacked certified predictions held")
+    return summary
+
+
 def environment() -> dict[str, str]:
     """Versions recorded in reports."""
     import numpy
