@@ -31,6 +31,7 @@ wildcard_constraints:
     d="[0-9]+",
     shard="[0-9]+",
     cert="[a-z_]+",
+    table="[A-Za-z0-9_]+",
 
 
 def experiment(wildcards):
@@ -100,6 +101,7 @@ def all_targets():
         out += [f"results/{name}/report/{f}" for f in figures]
         if exp["poison_check"]:
             out += [f"{ensemble_dir(name, k, d)}/poison_check.json" for k in exp["k"] for d in exp["d"]]
+    out += [f"results/paper_tables/{t}.{ext}" for t in config["paper_tables"] for ext in ("csv", "md")]
     datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
     for ds in datasets:
         if len(experiments_on(ds)) > 1:

@@ -1,6 +1,7 @@
 localrules:
     report,
     compare,
+    paper_table,
 
 
 rule report:
@@ -46,3 +47,17 @@ rule compare:
     shell:
         "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title 'all methods on {wildcards.dataset}' "
         "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+
+
+rule paper_table:
+    """A paper's published table beside this run's numbers, cell by cell ("not yet run" where we have none)."""
+    input:
+        summaries=lambda wc: [f for name in config["experiments"] for f in certificate_summaries(name)],
+        published=os.path.join(workflow.basedir, "workflow", "paper_results", "{table}.csv"),
+    output:
+        csv="results/paper_tables/{table}.csv",
+        md=report("results/paper_tables/{table}.md", caption="../workflow/report/paper_table.rst", category="paper tables"),
+    log:
+        "results/logs/paper_table/{table}.log",
+    shell:
+        "{PYTHON} -m poisoncert paper-table {wildcards.table} {input.summaries} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out-png", required=True)
     s.add_argument("--out-pdf", required=True)
 
+    s = sub.add_parser("paper-table", help="a transcribed paper table beside this run's numbers")
+    s.add_argument("table", help="file stem in workflow/paper_results/, e.g. dpa_table1")
+    s.add_argument("summaries", nargs="*")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-md", required=True)
+
     s = sub.add_parser("check-config", help="validate a config file and print it with defaults")
     s.add_argument("config")
     return p
@@ -133,6 +139,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         from .report import write_report
 
         write_report(args.summaries, args.radii, args.title, args.out_csv, args.out_md, args.out_png, args.out_pdf)
+    elif args.verb == "paper-table":
+        from .data import atomic_write_text
+        from .papers import compare, load_published, render_markdown
+        from .report import read_summaries
+
+        table = compare(load_published(args.table), read_summaries(args.summaries))
+        atomic_write_text(args.out_csv, table.to_csv(index=False))
+        atomic_write_text(args.out_md, render_markdown(args.table, table))
+        counts = table["status"].value_counts().to_dict()
+        print(f"{args.table}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     elif args.verb == "check-config":
         from .config import load_config_file
 

@@ -88,6 +88,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     error = best_match(_Validator(schema).iter_errors(cfg))
     if error is not None:
         raise PoisonCertError(_message(error))
+    from .papers import available_tables
+
+    tables = available_tables()
+    for t in cfg["paper_tables"]:
+        if t not in tables:
+            raise PoisonCertError(f"config key paper_tables: no transcribed table '{t}'; choose from {', '.join(tables) or '(none yet)'}")
     for name, exp in cfg["experiments"].items():
         scheme = exp["scheme"]
         allowed = CERTIFICATES[scheme]

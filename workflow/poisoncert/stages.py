@@ -334,6 +334,17 @@ def certify_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
         "certified_accuracy": {str(r): float(a) for r, a in zip(radii, certify.certified_accuracy(cert.prediction, cert.radius, labels, radii))},
         "curve": {"radius": curve_r.tolist(), "certified_accuracy": curve.tolist()},
     }
+    if name == "fa":
+        # FA Table 2 (Pr[r↑], Δr over the DPA-style bound on the same kd models) and Table 3
+        # (distributional certified accuracy under one poison, FA Theorem 4 / App. D)
+        k, d, offsets = _need(meta, "k", "d", "offsets")
+        stats = certify.fa_improvement_stats(scores, k, d, offsets or None, labels)
+        dist = certify.fa_certified_accuracy(scores, labels, k, d, offsets or None, attack_size=1)
+        summary["extra"] = {
+            "pr_radius_up": stats["pr_up"],
+            "mean_radius_increase": stats["delta_r"],
+            "certified_accuracy_distributional": {"1": dist.accuracy},
+        }
     columns = {"sample": np.arange(len(labels)), "label": labels, "prediction": cert.prediction, "radius": cert.radius, "certified_radius": certified}
     for key, val in cert.detail.items():
         val = np.asarray(val)

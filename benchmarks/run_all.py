@@ -1,0 +1,23 @@
+"""Run every benchmark (`make bench`): certificates, training engine, workflow train stage, DAG build.
+
+Each script prints its table and writes a CSV under results/benchmarks/. Timings are never
+asserted in pytest: machines are noisy; read the numbers here and in the README.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["bench_certify.py", "bench_certify_stochastic.py", "bench_train.py", "bench_workflow_train.py", "bench_dag.py"]
+
+if __name__ == "__main__":
+    failed = []
+    for name in SCRIPTS:
+        print(f"\n=== {name} ===", flush=True)
+        if subprocess.run([sys.executable, str(HERE / name)]).returncode != 0:
+            failed.append(name)
+    if failed:
+        sys.exit(f"benchmarks failed: {', '.join(failed)}")
