@@ -94,6 +94,14 @@ def experiments_on(dataset):
     return [name for name, exp in config["experiments"].items() if exp["dataset"] == dataset]
 
 
+def has_improvement(exp):
+    """Whether the experiment has a (method, DPA baseline) pair (see poisoncert.report.improvement_pairs)."""
+    certs = set(exp["certificates"])
+    if certs & {"dpa_roe", "dpa_star_roe"} and "dpa" in certs:
+        return True
+    return "fa" in certs and 1 in exp["d"] and (len(exp["d"]) > 1 or "fa_roe" in certs)
+
+
 def all_targets():
     figures = ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")
     out = []
@@ -102,6 +110,8 @@ def all_targets():
         if exp["poison_check"]:
             out += [f"{ensemble_dir(name, k, d)}/poison_check.json" for k in exp["k"] for d in exp["d"]]
     out += [f"results/paper_tables/{t}.{ext}" for t in config["paper_tables"] for ext in ("csv", "md")]
+    out += [f"results/{name}/report/improvement_over_dpa.{ext}" for name, exp in config["experiments"].items() if has_improvement(exp) for ext in ("png", "pdf")]
+    out += ["results/figures/chen_fig2_delta.png", "results/figures/chen_fig2_delta.pdf"]
     datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
     for ds in datasets:
         if len(experiments_on(ds)) > 1:

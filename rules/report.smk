@@ -2,6 +2,8 @@ localrules:
     report,
     compare,
     paper_table,
+    improvement,
+    delta_figure,
 
 
 rule report:
@@ -61,3 +63,33 @@ rule paper_table:
         "results/logs/paper_table/{table}.log",
     shell:
         "{PYTHON} -m poisoncert paper-table {wildcards.table} {input.summaries} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
+rule improvement:
+    """Certified accuracy of FA / ROE minus plain DPA on the same partitions (FA Fig. 3 right, ROE Fig. 2 bottom)."""
+    input:
+        lambda wc: certificate_summaries(wc.exp),
+    output:
+        png=report(
+            "results/{exp}/report/improvement_over_dpa.png",
+            caption="../workflow/report/improvement.rst",
+            category="{exp}",
+        ),
+        pdf="results/{exp}/report/improvement_over_dpa.pdf",
+    log:
+        "results/logs/improvement/{exp}.log",
+    shell:
+        "{PYTHON} -m poisoncert improvement {input} --title '{wildcards.exp}: improvement over DPA' "
+        "--out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+
+
+rule delta_figure:
+    """Chen et al. Fig. 2: delta(rho) of bagging with/without replacement and binomial selection (analytic)."""
+    output:
+        png=report("results/figures/chen_fig2_delta.png", caption="../workflow/report/delta.rst", category="analytic"),
+        pdf="results/figures/chen_fig2_delta.pdf",
+        csv="results/figures/chen_fig2_delta.csv",
+    log:
+        "results/logs/delta_figure.log",
+    shell:
+        "{PYTHON} -m poisoncert delta-figure --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv} > {log} 2>&1"

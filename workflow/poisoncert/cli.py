@@ -105,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out-png", required=True)
     s.add_argument("--out-pdf", required=True)
 
+    s = sub.add_parser("improvement", help="certified accuracy minus the DPA baseline (FA Fig. 3 right, ROE Fig. 2 bottom)")
+    s.add_argument("summaries", nargs="+")
+    s.add_argument("--title", default="improvement over DPA")
+    s.add_argument("--out-png", required=True)
+    s.add_argument("--out-pdf", required=True)
+
+    s = sub.add_parser("delta-figure", help="Chen et al. Fig. 2: delta(rho) of the three random selection schemes")
+    s.add_argument("--out-png", required=True)
+    s.add_argument("--out-pdf", required=True)
+    s.add_argument("--out-csv", default=None)
+    s.add_argument("--poisoning-model", default="P6")
+
     s = sub.add_parser("paper-table", help="a transcribed paper table beside this run's numbers")
     s.add_argument("table", help="file stem in workflow/paper_results/, e.g. dpa_table1")
     s.add_argument("summaries", nargs="*")
@@ -139,6 +151,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         from .report import write_report
 
         write_report(args.summaries, args.radii, args.title, args.out_csv, args.out_md, args.out_png, args.out_pdf)
+    elif args.verb == "improvement":
+        from .report import plot_improvement, read_summaries
+
+        plot_improvement(read_summaries(args.summaries), args.title, args.out_png, args.out_pdf)
+    elif args.verb == "delta-figure":
+        from .report import plot_selection_delta
+
+        plot_selection_delta(args.out_png, args.out_pdf, args.out_csv, args.poisoning_model)
     elif args.verb == "paper-table":
         from .data import atomic_write_text
         from .papers import compare, load_published, render_markdown

@@ -12,7 +12,15 @@ import numpy as np
 from .data import atomic_write_text
 from .errors import PoisonCertError
 
-__all__ = ["read_summaries", "summary_table", "plot_certified_accuracy", "write_report"]
+__all__ = [
+    "read_summaries",
+    "summary_table",
+    "plot_certified_accuracy",
+    "write_report",
+    "improvement_pairs",
+    "plot_improvement",
+    "plot_selection_delta",
+]
 
 CERT_LABELS = {
     "dpa": "DPA",
@@ -117,12 +125,7 @@ def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: st
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(title)
-    for path in (png, pdf):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}{Path(path).suffix}")
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
-    plt.close(fig)
+    _save(fig, png, pdf)
 
 
 def write_report(summary_files: list[str], radii: list[int], title: str, out_csv: str, out_md: str, out_png: str, out_pdf: str) -> None:
@@ -133,3 +136,109 @@ def write_report(summary_files: list[str], radii: list[int], title: str, out_csv
     atomic_write_text(out_md, f"# {title}\n\n" + _markdown(df))
     plot_certified_accuracy(summaries, title, out_png, out_pdf)
     print(_markdown(df))
+
+
+def _save(fig, png: str, pdf: str) -> None:
+    import matplotlib.pyplot as plt
+
+    for path in (png, pdf):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}{Path(path).suffix}")
+        fig.savefig(tmp, dpi=150)
+        os.replace(tmp, path)
+    plt.close(fig)
+
+
+def improvement_pairs(summaries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(method, DPA baseline) pairs of one experiment, as in FA Fig. 3 (right) and ROE Fig. 2 (bottom).
+
+    The baseline of an ensemble (k, d) is plain DPA voting on the same k partitions: certificate
+    ``dpa`` on the same ensemble (for dpa_roe and dpa_star_roe), or ``fa`` with d = 1 (= DPA) and the
+    same k (for fa with d > 1 and for fa_roe).
+    """
+    by_key = {(s["certificate"], s.get("k"), s.get("d")): s for s in summaries}
+    pairs = []
+    for s in summaries:
+        cert, k, d = s["certificate"], s.get("k"), s.get("d")
+        if cert in ("dpa_roe", "dpa_star_roe"):
+            base = by_key.get(("dpa", k, d))
+        elif cert == "fa_roe" or (cert == "fa" and d != 1):
+            base = by_key.get(("fa", k, 1))
+        else:
+            base = None
+        if base is not None and base is not s:
+            pairs.append((s, base))
+    return pairs
+
+
+def plot_improvement(summaries: list[dict[str, Any]], title: str, png: str, pdf: str) -> None:
+    """Certified accuracy of each method minus its DPA baseline, in percentage points, vs attack size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = improvement_pairs(summaries)
+    if not pairs:
+        raise PoisonCertError("no (method, DPA baseline) pair in these summaries: add the dpa certificate, or fa with d = 1")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    for s, base in sorted(pairs, key=lambda p: (p[0]["certificate"], p[0].get("k", 0), p[0].get("d", 0))):
+        n = max(len(s["curve"]["certified_accuracy"]), len(base["curve"]["certified_accuracy"]))
+        a = np.zeros(n)
+        b = np.zeros(n)
+        a[: len(s["curve"]["certified_accuracy"])] = s["curve"]["certified_accuracy"]
+        b[: len(base["curve"]["certified_accuracy"])] = base["curve"]["certified_accuracy"]
+        ax.step(np.arange(n), 100 * (a - b), where="post", label=f"{_label(s)} vs {_label(base)}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"attack size ({pairs[0][0]['unit']})")
+    ax.set_ylabel("certified accuracy - DPA (percentage points)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    _save(fig, png, pdf)
+
+
+#: Chen et al. Fig. 2: (training-set size n, selection size n_s) of its two panels.
+CHEN_FIG2_PANELS = ((13007, 10), (50000, 1000))
+
+
+def plot_selection_delta(png: str, pdf: str, out_csv: str | None = None, poisoning_model: str = "P6") -> None:
+    """δ(ρ) of the three random selection schemes (Chen et al. Fig. 2; analytic, no training).
+
+    A prediction is certified at ρ when p1 - p2 > δ(ρ); δ is shown where it is at most 1 (above
+    that nothing is certified). Corollary 1 uses the corrected π (see poisoncert.certify.selection).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import certify
+
+    schemes = ("bagging_without_replacement", "bagging_with_replacement", "binomial")
+    fig, axes = plt.subplots(1, len(CHEN_FIG2_PANELS), figsize=(12.8, 4.2), constrained_layout=True)
+    rows = []
+    for ax, (n, ns) in zip(axes, CHEN_FIG2_PANELS):
+        # the range of ρ: until every scheme's δ exceeds 1
+        hi = 1
+        while min(float(certify.selection_delta(np.array([hi]), sch, n, ns, poisoning_model)[0]) for sch in schemes) < 1 and hi < n:
+            hi *= 2
+        rho = np.unique(np.linspace(0, hi, 400).astype(np.int64))
+        for sch in schemes:
+            delta = certify.selection_delta(rho, sch, n, ns, poisoning_model)
+            keep = delta <= 1
+            ax.plot(rho[keep], delta[keep], label=sch.replace("_", " "))
+            rows += [{"n": n, "n_s": ns, "scheme": sch, "rho": int(r), "delta": float(v)} for r, v in zip(rho, delta)]
+        ax.set_xlabel(f"ρ (attack size, poisoning model {poisoning_model})")
+        ax.set_ylabel("δ(ρ)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"n = {n}, n_s = {ns}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("δ(ρ) of three random selection schemes (Chen et al. Fig. 2)")
+    _save(fig, png, pdf)
+    if out_csv:
+        import pandas as pd
+
+        atomic_write_text(out_csv, pd.DataFrame(rows).to_csv(index=False))
