@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/kmeans.smk"
 include: "rules/certify.smk"
 include: "rules/report.smk"
 

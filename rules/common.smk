@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, target lists, wildcard constraints.
 import json
 import os
+import re
 import sys
 
 _SRC = os.path.join(workflow.basedir, "workflow")
@@ -34,6 +35,14 @@ wildcard_constraints:
     table="[A-Za-z0-9_]+",
 
 
+# DPA App. B experiments (scheme binary_kmeans) get their scores.npz from rule kmeans_scores, every
+# other experiment from rule aggregate: two mutually exclusive constraints on {exp}, so no scores
+# file can be made by both rules (the lookahead stops at the '/' after the experiment name).
+_KMEANS_NAMES = "|".join(re.escape(n) for n, e in config["experiments"].items() if e["scheme"] == "binary_kmeans")
+KMEANS_EXP = f"(?:{_KMEANS_NAMES})" if _KMEANS_NAMES else "(?!)"  # (?!) matches nothing
+TRAINED_EXP = (f"(?!(?:{_KMEANS_NAMES})/)" if _KMEANS_NAMES else "") + "[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
 def experiment(wildcards):
     return config["experiments"][wildcards.exp]
 
@@ -48,9 +57,11 @@ def n_shards(n_models):
 
 
 def train_extra_inputs(wildcards):
-    """The shared SS-DPA extractor, for experiments whose learner is rotnet."""
+    """The shared SS-DPA extractor (learner rotnet), or the shared phi_2 of a two_phase experiment."""
     if experiment(wildcards)["learner"] == "rotnet":
         return {"extractor": f"results/{wildcards.exp}/extractor.pt"}
+    if experiment(wildcards)["two_phase"]:
+        return {"phase2": f"results/{wildcards.exp}/phase2.npz"}
     return {}
 
 
@@ -83,6 +94,8 @@ def selection_args(exp):
         args += " --clean-classes " + ",".join(map(str, exp["clean_classes"]))
     if exp["balance"]:
         args += " --balance" + (f" --balance-size {exp['balance_size']}" if exp["balance_size"] else "")
+    if exp["two_phase"]:
+        args += " --two-phase"
     return args
 
 

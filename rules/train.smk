@@ -19,6 +19,29 @@ rule extractor:
         "--device {params.device} > {log} 2>&1"
 
 
+rule phase2:
+    """Chen et al. Algorithm 3: the shared 2nd-phase classifier phi_2, trained once on the known-clean classes only."""
+    input:
+        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+    output:
+        "results/{exp}/phase2.npz",
+    log:
+        "results/logs/phase2/{exp}.log",
+    benchmark:
+        "results/benchmarks/phase2/{exp}.tsv"
+    threads: config["train_threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        clean=lambda wc: ",".join(map(str, experiment(wc)["clean_classes"])),
+        train=lambda wc: json.dumps(experiment(wc)["train"]),
+        seed=lambda wc: experiment(wc)["seed_base"],
+        device=config["device"],
+    shell:
+        "{PYTHON} -m poisoncert phase2 --dataset-file {input} --out {output} --clean-classes {params.clean} "
+        "--train-config '{params.train}' --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
 rule train:
     """Train one shard of base models (vectorised, deterministic) and write their test-set logits."""
     input:
@@ -39,10 +62,11 @@ rule train:
         shard_size=config["shard_size"],
         device=config["device"],
         extractor=lambda wc, input: f"--extractor {input.extractor}" if "extractor" in input.keys() else "",
+        phase2=lambda wc, input: f"--phase2 {input.phase2}" if "phase2" in input.keys() else "",
     shell:
         "{PYTHON} -m poisoncert train --dataset-file {input.data} --partitions {input.partitions} --out {output} "
         "--shard {wildcards.shard} --shard-size {params.shard_size} --train-config '{params.train}' "
-        "--device {params.device} --threads {threads} {params.extractor} > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.extractor} {params.phase2} > {log} 2>&1"
 
 
 rule aggregate:
@@ -53,6 +77,8 @@ rule aggregate:
         shards=shard_files,
     output:
         "results/{exp}/k{k}_d{d}/scores.npz",
+    wildcard_constraints:
+        exp=TRAINED_EXP,  # not the binary_kmeans experiments (rule kmeans_scores)
     log:
         "results/logs/aggregate/{exp}/k{k}_d{d}.log",
     params:

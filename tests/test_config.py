@@ -22,7 +22,7 @@ def test_default_config_is_valid_and_filled(repo_root):
     dpa = [e for e in ensembles(cfg) if e["exp"] == "dpa_digits"]
     assert [e["n_models"] for e in dpa] == exp["k"]
     schemes = {e["scheme"] for e in cfg["experiments"].values()}
-    assert schemes == {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "binomial"}  # every scheme on digits
+    assert schemes == {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "binomial", "binary_kmeans"}  # every scheme on digits(17)
     bag = [e for e in ensembles(cfg) if e["scheme"] == "bagging"]
     assert bag[0]["n_models"] == cfg["experiments"]["bagging_digits"]["n_models"]
 

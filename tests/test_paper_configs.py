@@ -24,7 +24,7 @@ DIGITS_CONFIGS = sorted((CONFIG / "digits").glob("*.yaml"))
 # keys that must agree between experiments of the same name in different configs (k, d and the
 # certificates may differ: each config asks for the ensembles and certificates its table needs)
 ENSEMBLE_KEYS = ("dataset", "scheme", "n_models", "clean_classes", "clean_count", "balance", "balance_size",
-                 "offsets", "learner", "extractor", "same_seed", "seed_base", "train")
+                 "offsets", "learner", "extractor", "same_seed", "seed_base", "train", "two_phase")
 PAPER_PREFIXES = ("dpa_", "fa_", "roe_", "jia_", "chen_")
 
 
@@ -58,6 +58,9 @@ def test_paper_config_header_and_settings(path: Path):
     for name, e in cfg["experiments"].items():
         assert e["dataset"] != "digits", f"{path.name}: {name} is not paper scale"
         t = e["train"]
+        if e["scheme"] == "binary_kmeans":  # DPA App. B: no training, k = m
+            assert e["k"] == [13007] and e["dataset"] == "mnist17", f"{path.name}: {name}"
+            continue
         if path.name.startswith(("dpa_", "fa_", "roe_")) and e["learner"] == "supervised":
             assert t["arch"] == "nin" and t["epochs"] == 200 and t["batch_size"] == 128, f"{path.name}: {name}"
             assert t["lr_milestones"] == [60, 120, 160] and t["lr_gamma"] == 0.2 and t["crop_padding"] == 4
@@ -75,8 +78,12 @@ def test_paper_config_has_digits_twin(path: Path):
     assert list(small["experiments"]) == list(paper["experiments"])
     for name, e in small["experiments"].items():
         p = paper["experiments"][name]
-        assert e["dataset"] == "digits" and e["scheme"] == p["scheme"] and e["learner"] == p["learner"]
+        assert e["scheme"] == p["scheme"] and e["learner"] == p["learner"] and e["two_phase"] == p["two_phase"]
         assert e["certificates"] == p["certificates"] and len(e["d"]) == len(p["d"])
+        if e["scheme"] == "binary_kmeans":  # DPA App. B: k = m of the binary twin dataset, no training
+            assert e["dataset"] == "digits17" and p["dataset"] == "mnist17"
+            continue
+        assert e["dataset"] == "digits"
         assert max(e["k"]) <= 50 and e["train"]["arch"] == "small_cnn" and e["train"]["epochs"] <= 20
         assert e["n_models"] <= 100
     assert small["device"] == "cpu"

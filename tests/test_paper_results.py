@@ -23,8 +23,8 @@ COLUMNS = ["paper_file", "table", "row", "dataset", "scheme", "certificate", "k"
 PAPER_FILES = {"000_6138d30384efc097.txt", "001_e5982261986cb827.txt", "002_76a9d87e4b50d8fc.txt",
                "003_065516abf582c8df.txt", "004_1be3f148c9e50cc6.txt"}
 DATASETS = {"mnist", "mnist17", "cifar10", "gtsrb"}
-SCHEMES = {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial"}
-CERTIFICATES = {"dpa", "fa", "dpa_roe", "fa_roe", "dpa_star_roe", "bagging", "random_selection"}
+SCHEMES = {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial", "binary_kmeans"}
+CERTIFICATES = {"dpa", "fa", "dpa_roe", "fa_roe", "dpa_star_roe", "bagging", "random_selection", "binary_kmeans"}
 FRACTION_METRICS = {"clean_accuracy", "mean_base_accuracy", "certified_accuracy", "pr_radius_up",
                     "certified_accuracy_distributional"}
 METRICS = FRACTION_METRICS | {"median_certified_radius", "mean_radius_increase", "train_minutes_per_partition"}
@@ -94,7 +94,7 @@ def test_csv_columns_and_values(path: Path):
         k, d, n = int(r["k"]), int(r["d"]), int(r["n_models"])
         if r["scheme"] in ("fa", "dpa_star"):
             assert n == k * d, where
-        elif r["scheme"] in ("dpa", "ssdpa"):
+        elif r["scheme"] in ("dpa", "ssdpa", "binary_kmeans"):
             assert d == 1 and n == k, where
         if r["metric"].startswith("certified_accuracy"):
             assert r["radius"].isdigit(), f"{where}: certified accuracy needs a radius"

@@ -1,7 +1,7 @@
 """``python -m poisoncert <verb>``: the command line the Snakemake rules call.
 
-Verbs: ``prepare``, ``partition``, ``extractor``, ``train``, ``aggregate``, ``certify``, ``report``,
-``check-config``. A :class:`~poisoncert.errors.PoisonCertError` becomes one line on stderr
+Verbs: ``prepare``, ``partition``, ``extractor``, ``phase2``, ``train``, ``aggregate``,
+``kmeans-scores``, ``certify``, ``report``, ``check-config``. A :class:`~poisoncert.errors.PoisonCertError` becomes one line on stderr
 (``poisoncert: error: ...``) and exit status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clean-count", type=int, default=0, help="number of samples known clean (D^c)")
     s.add_argument("--balance", action="store_true", help="weight-balanced resampling (Chen et al. Alg. 2)")
     s.add_argument("--balance-size", type=int, default=None)
+    s.add_argument("--two-phase", action="store_true", help="Chen et al. Alg. 3: balance phi_1's classes (clean classes merged)")
 
     s = sub.add_parser("train", help="train one shard of base models, write their test logits")
     s.add_argument("--dataset-file", required=True)
@@ -59,6 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--extractor", default=None, help="SS-DPA: feature extractor file (heads are trained on its features)")
+    s.add_argument("--phase2", default=None, help="2-phase ensembles (Chen et al. Alg. 3): the shared phi_2 file")
+
+    s = sub.add_parser("phase2", help="train Chen et al.'s shared 2nd-phase classifier phi_2 on the known-clean classes")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--clean-classes", type=_int_list, required=True)
+    s.add_argument("--train-config", default="{}", help="JSON of TrainConfig fields")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("kmeans-scores", help="DPA App. B: 2-means SS-DPA with k = m, written as a scores file")
+    s.add_argument("--dataset-file", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--experiment", default="{}", help="JSON of the experiment's config (recorded)")
 
     s = sub.add_parser("extractor", help="train the SS-DPA label-free feature extractor")
     s.add_argument("--dataset-file", required=True)
@@ -75,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("certify", help="certify a scores file (ours or one trained elsewhere)")
     s.add_argument("scores")
-    s.add_argument("--certificate", required=True, help="dpa, fa, dpa_roe, fa_roe, dpa_star_roe, bagging, random_selection")
+    s.add_argument("--certificate", required=True, help="dpa, fa, dpa_roe, fa_roe, dpa_star_roe, bagging, random_selection, binary_kmeans")
     s.add_argument("--out-csv", required=True)
     s.add_argument("--out-json", required=True)
     s.add_argument("--radii", type=_int_list, default=[0, 1, 2, 4, 8, 16])
@@ -135,12 +152,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.verb == "prepare":
         stages.prepare(args.dataset, args.out, args.root, args.download, args.seed)
     elif args.verb == "partition":
-        selection = {"n_models": args.n_models, "clean_classes": args.clean_classes, "clean_count": args.clean_count, "balance": args.balance, "balance_size": args.balance_size}
+        selection = {"n_models": args.n_models, "clean_classes": args.clean_classes, "clean_count": args.clean_count, "balance": args.balance, "balance_size": args.balance_size, "two_phase": args.two_phase}
         stages.partition(args.dataset_file, args.out, args.scheme, args.k, args.d, args.offsets, args.same_seed, args.seed_base, selection)
     elif args.verb == "train":
-        stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress, args.extractor)
+        stages.train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, json.loads(args.train_config), args.device, args.threads, not args.no_progress, args.extractor, args.phase2)
     elif args.verb == "extractor":
         stages.extractor(args.dataset_file, args.out, json.loads(args.config), args.device)
+    elif args.verb == "phase2":
+        stages.phase2(args.dataset_file, args.out, args.clean_classes, json.loads(args.train_config), args.seed, args.device, args.threads, not args.no_progress)
+    elif args.verb == "kmeans-scores":
+        stages.kmeans_scores(args.dataset_file, args.out, json.loads(args.experiment))
     elif args.verb == "aggregate":
         stages.aggregate(args.dataset_file, args.partitions, args.shards, args.out, json.loads(args.experiment))
     elif args.verb == "certify":

@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
-from .data import TRAIN_SIZES
+from .data import N_CLASSES, TRAIN_SIZES
 from .errors import PoisonCertError
 from .partition import SELECTION_SCHEMES, n_models
 
@@ -29,6 +29,7 @@ CERTIFICATES: dict[str, tuple[str, ...]] = {
     "bagging": ("bagging", "random_selection"),
     "bagging_wor": ("random_selection",),
     "binomial": ("random_selection",),
+    "binary_kmeans": ("binary_kmeans", "dpa"),
 }
 
 
@@ -96,6 +97,19 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise PoisonCertError(f"config key paper_tables: no transcribed table '{t}'; choose from {', '.join(tables) or '(none yet)'}")
     for name, exp in cfg["experiments"].items():
         scheme = exp["scheme"]
+        if scheme == "binary_kmeans":
+            # DPA App. B: one labelled sample per base classifier, so k = m (the training-set size)
+            m = TRAIN_SIZES[exp["dataset"]]
+            if exp["k"] not in (None, [m]):
+                raise PoisonCertError(
+                    f"config key experiments.{name}.k: scheme 'binary_kmeans' has k = m = {m} (the {exp['dataset']} training set, "
+                    "one labelled sample per base classifier, DPA App. B); leave k out"
+                )
+            if N_CLASSES[exp["dataset"]] != 2:
+                raise PoisonCertError(f"config key experiments.{name}.dataset: scheme 'binary_kmeans' needs a binary dataset (digits17, mnist17), not '{exp['dataset']}'")
+            exp["k"] = [m]
+        elif exp["k"] is None:
+            raise PoisonCertError(f"config key experiments.{name}.k: required for scheme '{scheme}' (a list of partition counts / selection sizes)")
         allowed = CERTIFICATES[scheme]
         if exp.get("certificates") is None:
             exp["certificates"] = [allowed[0]]
@@ -104,7 +118,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise PoisonCertError(
                 f"config key experiments.{name}.certificates: {', '.join(bad)} cannot certify a '{scheme}' ensemble; allowed: {', '.join(allowed)}"
             )
-        if scheme in ("dpa", "ssdpa") and exp["d"] != [1]:
+        if scheme in ("dpa", "ssdpa", "binary_kmeans") and exp["d"] != [1]:
             raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1] (or scheme fa / dpa_star)")
         if exp["offsets"] is not None:
             if scheme != "fa" or len(exp["d"]) != 1:
@@ -120,6 +134,21 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise PoisonCertError(f"config key experiments.{name}.poison_check: the poison check attacks supervised dpa and fa ensembles only")
         if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
             raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
+        if exp["two_phase"]:
+            clean = sorted(set(exp["clean_classes"]))
+            if scheme not in SELECTION_SCHEMES or not clean:
+                raise PoisonCertError(
+                    f"config key experiments.{name}.two_phase: the 2-phase classifier (Chen et al. case 3) needs a random-selection scheme "
+                    f"({', '.join(SELECTION_SCHEMES)}) and non-empty clean_classes"
+                )
+            if exp["clean_count"] or exp["learner"] != "supervised":
+                raise PoisonCertError(f"config key experiments.{name}.two_phase: needs clean_count: 0 (case 3 only) and learner: supervised")
+            n_classes = N_CLASSES[exp["dataset"]]
+            if clean[-1] >= n_classes or len(clean) >= n_classes:
+                raise PoisonCertError(
+                    f"config key experiments.{name}.clean_classes: with two_phase they must be classes of {exp['dataset']} (0..{n_classes - 1}) "
+                    "and leave at least one potentially poisoned class"
+                )
         if scheme in SELECTION_SCHEMES:
             if exp["d"] != [1]:
                 raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1]")

@@ -2,7 +2,7 @@
 
 Every dataset lands in a :class:`Dataset`: uint8 images (N, C, H, W), int64 labels, a train and a
 test split, and a content hash. ``digits`` (scikit-learn's bundled 8x8 digits) needs no network
-and is the default; ``mnist``, ``mnist17``, ``cifar10`` and ``gtsrb`` load through torchvision
+and is the default (``digits17``: its 1s and 7s only); ``mnist``, ``mnist17``, ``cifar10`` and ``gtsrb`` load through torchvision
 from a configurable root and download only when asked to.
 
 The canonical file is an uncompressed ``.npz`` with the arrays ``train_images``,
@@ -29,6 +29,7 @@ __all__ = [
     "Dataset",
     "DATASETS",
     "TRAIN_SIZES",
+    "N_CLASSES",
     "load_dataset",
     "save_dataset",
     "read_dataset",
@@ -115,21 +116,39 @@ def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 # loaders
 
 
-def _digits(root: Path, download: bool, seed: int, test_fraction: float = 0.2) -> Dataset:
+def _digits(root: Path, download: bool, seed: int, test_fraction: float = 0.2, digits: tuple[int, ...] | None = None,
+            name: str = "digits") -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), no network.
 
     Pixel values 0..16 are mapped to uint8 by round(v * 255 / 16). The train/test split is a
     fixed permutation from ``numpy.random.default_rng(seed)``; ``test_fraction`` goes to test.
+    With ``digits``, only those digits are kept (relabelled 0..len(digits)-1 in the given order)
+    *before* the split, so the split sizes do not depend on the seed.
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
     y = bunch.target.astype(np.int64)
+    names = [str(i) for i in range(10)]
+    if digits is not None:
+        lut = np.full(10, -1, dtype=np.int64)
+        lut[list(digits)] = np.arange(len(digits))
+        keep = lut[y] >= 0
+        x, y = x[keep], lut[y[keep]]
+        names = [str(d) for d in digits]
     perm = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
     te, tr = perm[:n_test], perm[n_test:]
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, [str(i) for i in range(10)])
+    return Dataset(name, x[tr], y[tr], x[te], y[te], len(names), names)
+
+
+def _digits17(root: Path, download: bool, seed: int) -> Dataset:
+    """scikit-learn digits restricted to 1 and 7 (labels 0 and 1): a CI-scale stand-in for mnist17 (DPA App. B).
+
+    361 images (182 ones, 179 sevens), split 80/20 like ``digits``: 289 train, 72 test.
+    """
+    return _digits(root, download, seed, digits=(1, 7), name="digits17")
 
 
 def _torchvision_error(name: str, root: Path, files: list[str], exc: Exception) -> PoisonCertError:
@@ -225,6 +244,7 @@ def _gtsrb(root: Path, download: bool, seed: int) -> Dataset:
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits,
+    "digits17": _digits17,
     "mnist": _mnist,
     "mnist17": _mnist17,
     "cifar10": _cifar10,
@@ -232,7 +252,9 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 #: Training-set sizes, known without loading (config checks such as "k larger than the training set").
-TRAIN_SIZES: dict[str, int] = {"digits": 1438, "mnist": 60000, "mnist17": 13007, "cifar10": 50000, "gtsrb": 26640}
+TRAIN_SIZES: dict[str, int] = {"digits": 1438, "digits17": 289, "mnist": 60000, "mnist17": 13007, "cifar10": 50000, "gtsrb": 26640}
+#: Numbers of classes, known without loading (config checks of binary schemes and clean classes).
+N_CLASSES: dict[str, int] = {"digits": 10, "digits17": 2, "mnist": 10, "mnist17": 2, "cifar10": 10, "gtsrb": 43}
 
 
 def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = False, seed: int = 0) -> Dataset:
@@ -246,14 +268,15 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = F
 # files
 
 
-def atomic_savez(path: str | os.PathLike, **arrays) -> None:
-    """``np.savez`` to a temporary file beside ``path``, then rename: no partial file survives a crash."""
+def atomic_savez(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> None:
+    """``np.savez`` (``np.savez_compressed`` with ``compressed``) to a temporary file beside ``path``,
+    then rename: no partial file survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

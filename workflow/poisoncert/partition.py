@@ -27,7 +27,14 @@ Model m's draw comes from ``numpy.random.default_rng([seed_base, m, 0xBA6])`` ov
 canonical order, so it is reproducible and independent of the file order and of other models.
 With ``balance`` (Chen et al. Algorithm 2, BALANCE), the model's set D_sub ∪ D^c is expanded to
 ``balance_size`` samples drawn with replacement with weights 1 / (count of the sample's class in
-the set), from the same generator: a deterministic function of the set and the seed.
+the set), from the same generator: a deterministic function of the set and the seed. The class
+of a sample for these weights is its label, or its ``balance_labels`` entry when given: the
+2-phase classifier of case 3 (:mod:`poisoncert.two_phase`) balances phi_1's task, the poisoned
+classes against the merged virtual clean class (Chen et al.: "we use the weight balance method to
+balance the dataset for the binary classification").
+
+``binary_kmeans`` (DPA App. B) has no partition step: its k = m base classifiers (one training
+sample each) are counted in closed form (rule ``kmeans_scores``); :func:`n_models` knows it.
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ def sorted_index(images: np.ndarray) -> np.ndarray:
 
 def n_models(scheme: str, k: int, d: int, t: int | None = None) -> int:
     """Number of base models the scheme trains (known from the config alone; ``t`` = T for selection)."""
-    if scheme in ("dpa", "ssdpa"):
+    if scheme in ("dpa", "ssdpa", "binary_kmeans"):
         return k
     if scheme in ("fa", "dpa_star"):
         return k * d
@@ -184,9 +191,16 @@ def make_selections(
     clean_count: int = 0,
     balance: bool = False,
     balance_size: int | None = None,
+    balance_labels: np.ndarray | None = None,
 ) -> "Partitions":
-    """T random selections of size n_s from D^p, each joined with D^c (see the module docstring)."""
+    """T random selections of size n_s from D^p, each joined with D^c (see the module docstring).
+
+    ``balance_labels`` (n,): the classes BALANCE evens out (default: ``labels``).
+    """
     n = len(labels)
+    bal_labels = labels if balance_labels is None else np.asarray(balance_labels)
+    if bal_labels.shape != (n,):
+        raise PoisonCertError(f"balance_labels must have shape ({n},), got {bal_labels.shape}")
     if scheme not in SELECTION_SCHEMES:
         raise PoisonCertError(f"unknown selection scheme '{scheme}'; choose one of {', '.join(SELECTION_SCHEMES)}")
     if n_models < 1:
@@ -210,7 +224,7 @@ def make_selections(
         rng = np.random.default_rng([seed_base, m, _SELECTION_TAG])
         idx = np.concatenate([d_p[_select(rng, scheme, n_p, subsample_size)], d_c])
         if balance:
-            idx = _balance(rng, idx, labels, balance_size or (subsample_size + len(d_c)))
+            idx = _balance(rng, idx, bal_labels, balance_size or (subsample_size + len(d_c)))
         groups.append(idx[np.argsort(rank[idx], kind="stable")])
     indices, bounds = _csr(groups)
     seeds = seed_base + np.arange(n_models, dtype=np.int64)

@@ -25,6 +25,8 @@ from .partition import SELECTION_SCHEMES, make_partitions, make_selections, read
 __all__ = [
     "prepare",
     "partition",
+    "phase2",
+    "kmeans_scores",
     "shard_range",
     "train",
     "aggregate",
@@ -54,16 +56,29 @@ def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offs
     """Write every base model's training-set indices (canonical order) and seed.
 
     ``selection`` holds the random-selection parameters (n_models, clean_classes, clean_count,
-    balance, balance_size) for the schemes bagging, bagging_wor and binomial.
+    balance, balance_size, two_phase) for the schemes bagging, bagging_wor and binomial. With
+    ``two_phase`` (Chen et al. Algorithm 3) BALANCE weighs phi_1's classes (poisoned classes and
+    the merged clean class), and the partitions file records ``two_phase`` for the train step.
     """
     ds = read_dataset(dataset_file)
     if scheme in SELECTION_SCHEMES:
         sel = selection or {}
+        two_phase = bool(sel.get("two_phase"))
+        balance_labels = None
+        if two_phase:
+            from .two_phase import phase1_labels
+
+            if sel.get("clean_count"):
+                raise PoisonCertError("the 2-phase classifier is for known-clean classes (case 3); clean_count must be 0")
+            balance_labels, _ = phase1_labels(ds.train_labels, ds.n_classes, sel.get("clean_classes"))
         parts = make_selections(
             ds.train_images, ds.train_labels, scheme, k, sel.get("n_models") or 0, seed_base,
             sel.get("clean_classes"), sel.get("clean_count") or 0, bool(sel.get("balance")), sel.get("balance_size"),
+            balance_labels,
         )
         parts.extra["train_size"] = int(len(ds.train_labels))
+        if two_phase:
+            parts.extra["two_phase"] = True
     else:
         parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base)
     save_partitions(parts, out, ds.meta()["content_hash"])
@@ -105,6 +120,83 @@ def _read_extractor(path: str) -> dict[str, Any]:
         raise PoisonCertError(f"extractor file {path} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
 
 
+# ---------------------------------------------------------------------------------------------- phase 2
+
+
+def _train_config(train_config: dict[str, Any], threads: int):
+    from .train import TrainConfig
+
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in train_config.items()}
+    fields.setdefault("cpu_threads", threads)
+    try:
+        return TrainConfig(**fields)
+    except TypeError as exc:
+        raise PoisonCertError(f"bad training configuration: {exc}") from None
+
+
+def _device_arg(device: str):
+    import torch
+
+    dev = None if device == "auto" else device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError("device: cuda was asked for but no GPU is visible; set device: auto or cpu")
+    return dev
+
+
+def _device_name(dev) -> tuple[str, str]:
+    """(device kind used, its recorded name)."""
+    import torch
+
+    used = dev or ("cuda" if torch.cuda.is_available() else "cpu")
+    return used, used if used == "cpu" else f"cuda:{torch.cuda.get_device_name(0)}"
+
+
+def phase2(dataset_file: str, out: str, clean_classes: list[int], train_config: dict[str, Any], seed: int = 0, device: str = "auto", threads: int = 1, progress: bool = True) -> None:
+    """Chen et al. Algorithm 3, line 8: train the shared phi_2 on D^c (the known-clean classes) only.
+
+    Writes ``logits`` (n_test, #clean classes), the clean classes and metadata. The train step of a
+    ``two_phase`` ensemble combines these with every phi_1^i (:func:`poisoncert.two_phase.combine`).
+    """
+    import torch
+
+    from .train import runtime_fingerprint, train_shard
+    from .two_phase import phase2_labels, split_classes
+
+    torch.set_num_threads(threads)
+    ds = read_dataset(dataset_file)
+    _, clean = split_classes(ds.n_classes, clean_classes)
+    mask = np.isin(ds.train_labels, clean)
+    y2, n2 = phase2_labels(ds.train_labels[mask], ds.n_classes, clean)
+    cfg = _train_config(train_config, threads)
+    dev = _device_arg(device)
+    logits = train_shard([(ds.train_images[mask], y2)], [int(seed)], ds.test_images, n2, cfg, device=dev, progress=progress)[0]
+    used, name = _device_name(dev)
+    meta = {
+        "clean_classes": clean.tolist(),
+        "n_train": int(mask.sum()),
+        "seed": int(seed),
+        "device": name,
+        "threads": threads,
+        "torch": torch.__version__,
+        "train": dataclasses.asdict(cfg),
+        "runtime": runtime_fingerprint(cfg, used),
+        "dataset_hash": ds.meta()["content_hash"],
+    }
+    atomic_savez(out, logits=np.asarray(logits, dtype=np.float32), clean_classes=clean, meta=np.array(json.dumps(meta)))
+    acc = float((clean[np.argmax(logits, axis=1)] == ds.test_labels)[np.isin(ds.test_labels, clean)].mean()) if np.isin(ds.test_labels, clean).any() else float("nan")
+    print(f"phi_2 trained on {int(mask.sum())} known-clean samples of classes {clean.tolist()}: accuracy {acc:.4f} on their test samples")
+
+
+def _read_phase2(path: str, dataset_hash: str, clean_classes) -> np.ndarray:
+    z = load_npz(path, "phase-2", ("logits", "clean_classes", "meta"))
+    meta = json.loads(str(z["meta"]))
+    if meta.get("dataset_hash") != dataset_hash:
+        raise PoisonCertError(f"{path} was trained on other data; delete it and rerun")
+    if sorted(int(c) for c in clean_classes) != z["clean_classes"].tolist():
+        raise PoisonCertError(f"{path} was trained on clean classes {z['clean_classes'].tolist()}, the partitions say {sorted(clean_classes)}; delete it and rerun")
+    return z["logits"]
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 
@@ -118,33 +210,41 @@ def shard_range(shard: int, shard_size: int, n_models: int) -> range:
     return range(first, min(first + shard_size, n_models))
 
 
-def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_config: dict[str, Any], device: str = "auto", threads: int = 1, progress: bool = True, extractor_file: str | None = None) -> None:
+def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_config: dict[str, Any], device: str = "auto", threads: int = 1, progress: bool = True, extractor_file: str | None = None, phase2_file: str | None = None) -> None:
     """Train the base models of one shard and write their test-set logits.
 
     With ``extractor_file`` (SS-DPA, learner rotnet) each base model is a head on the shared
-    label-free features, trained on its own partition's labels only.
+    label-free features, trained on its own partition's labels only. For a ``two_phase``
+    partitions file (Chen et al. Algorithm 3) each phi_1^i is trained on its set with the clean
+    classes merged into one virtual class, and the logits written are the one-hot votes of
+    phi_2(phi_1^i(x)) with the shared phi_2 of ``phase2_file``.
     """
     import torch
 
-    from .train import TrainConfig, runtime_fingerprint, train_shard
+    from .train import runtime_fingerprint, train_shard
 
     torch.set_num_threads(threads)
     ds = read_dataset(dataset_file)
     parts, pmeta = read_partitions(partitions_file)
     if pmeta["dataset_hash"] != ds.meta()["content_hash"]:
         raise PoisonCertError(f"{partitions_file} was made from other data than {dataset_file}; rerun the partition step")
+    two_phase = bool(pmeta.get("two_phase"))
+    if two_phase != (phase2_file is not None):
+        raise PoisonCertError(
+            f"{partitions_file} is a 2-phase ensemble; pass its phase-2 model (--phase2)" if two_phase
+            else f"--phase2 is for 2-phase ensembles; {partitions_file} is not one"
+        )
     models = shard_range(shard, shard_size, parts.n_models)
-    train_sets = [(ds.train_images[parts.members(m)], ds.train_labels[parts.members(m)]) for m in models]
+    labels, n_classes = ds.train_labels, ds.n_classes
+    if two_phase:
+        from .two_phase import combine, phase1_labels
+
+        labels, n_classes = phase1_labels(ds.train_labels, ds.n_classes, pmeta["clean_classes"])
+    train_sets = [(ds.train_images[parts.members(m)], labels[parts.members(m)]) for m in models]
     seeds = [int(parts.seeds[m]) for m in models]
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in train_config.items()}
-    fields.setdefault("cpu_threads", threads)
-    try:
-        cfg = TrainConfig(**fields)
-    except TypeError as exc:
-        raise PoisonCertError(f"bad training configuration: {exc}") from None
-    dev = None if device == "auto" else device
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise PoisonCertError("device: cuda was asked for but no GPU is visible; set device: auto or cpu")
+    cfg = _train_config(train_config, threads)
+    dev = _device_arg(device)
+    extra: dict[str, np.ndarray] = {}
     if extractor_file is not None:
         from .semisup import HeadConfig, extract_features, train_heads
 
@@ -155,34 +255,41 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         n_train = len(ds.train_labels)
         logits = train_heads(feats[:n_train], ds.train_labels, [parts.members(m) for m in models], seeds, feats[n_train:], ds.n_classes, HeadConfig())
     else:
-        logits = train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=dev, progress=progress)
-    used_device = dev or ("cuda" if torch.cuda.is_available() else "cpu")
+        logits = train_shard(train_sets, seeds, ds.test_images, n_classes, cfg, device=dev, progress=progress)
+        if two_phase:
+            phase2_logits = _read_phase2(phase2_file, pmeta["dataset_hash"], pmeta["clean_classes"])
+            extra["phase1_logits"] = np.asarray(logits, dtype=np.float32)
+            logits = combine(logits, phase2_logits, ds.n_classes, pmeta["clean_classes"])
+    used_device, device_name = _device_name(dev)
     meta = {
         "models": [models.start, models.stop],
         "seeds": seeds,
         "shard_size": shard_size,
-        "device": used_device if used_device == "cpu" else f"cuda:{torch.cuda.get_device_name(0)}",
+        "device": device_name,
         "threads": threads,
         "torch": torch.__version__,
         "train": dataclasses.asdict(cfg),
         "runtime": runtime_fingerprint(cfg, used_device),
-        "learner": "rotnet" if extractor_file else "supervised",
+        "learner": "rotnet" if extractor_file else ("two_phase" if two_phase else "supervised"),
         "dataset_hash": pmeta["dataset_hash"],
     }
-    atomic_savez(out, logits=np.asarray(logits, dtype=np.float32), meta=np.array(json.dumps(meta)))
+    atomic_savez(out, logits=np.asarray(logits, dtype=np.float32), meta=np.array(json.dumps(meta)), **extra)
 
 
 # ---------------------------------------------------------------------------------------------- aggregate
 
 
-def write_scores(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write the public scores file: float32 (n_test, n_models, n_classes), int64 labels, JSON meta."""
+def write_scores(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any], compressed: bool = False) -> None:
+    """Write the public scores file: float32 (n_test, n_models, n_classes), int64 labels, JSON meta.
+
+    ``compressed``: zip-deflate the arrays (``np.load`` reads either; for one-hot votes of many models).
+    """
     scores = np.asarray(scores, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     certify.check_scores(scores)
     if labels.shape != (scores.shape[0],):
         raise PoisonCertError(f"labels must have shape ({scores.shape[0]},), got {labels.shape}")
-    atomic_savez(path, scores=scores, labels=labels, meta=np.array(json.dumps(meta)))
+    atomic_savez(path, compressed=compressed, scores=scores, labels=labels, meta=np.array(json.dumps(meta)))
 
 
 def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -241,6 +348,61 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
     print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
 
 
+# ---------------------------------------------------------------------------------------------- App. B 2-means
+
+
+def kmeans_scores(dataset_file: str, out: str, experiment: dict[str, Any] | None = None) -> None:
+    """DPA App. B (binary 2-means SS-DPA, k = m) as an ensemble: write its scores file directly.
+
+    2-means on the unlabeled training images (:func:`poisoncert.semisup.binary_kmeans_fit`);
+    base classifier i owns the i-th training sample t_i in canonical content order and votes
+    label(t_i) on the test images of t_i's cluster, 1 - label(t_i) on the others. The scores are
+    these votes as one-hot logits (n_test, m, 2), written compressed; the metadata keeps the
+    cluster assignments (``binary_kmeans``) for the closed-form certificate ``binary_kmeans``.
+    """
+    import hashlib
+
+    from .data import canonical_order
+    from .semisup import KMeansConfig, binary_kmeans_fit
+
+    ds = read_dataset(dataset_file)
+    if ds.n_classes != 2:
+        raise PoisonCertError(f"binary_kmeans (DPA App. B) needs a binary dataset (mnist17, digits17); {ds.name} has {ds.n_classes} classes")
+    cfg = KMeansConfig()
+    fit = binary_kmeans_fit(ds.train_images, ds.test_images, cfg)
+    order = canonical_order(ds.train_images, ds.train_labels)
+    train_clusters = fit["train_clusters"][order]
+    train_labels = ds.train_labels[order]
+    m = len(order)
+    same = fit["test_clusters"][:, None] == train_clusters[None, :]
+    votes = np.where(same, train_labels[None, :], 1 - train_labels[None, :])
+    scores = np.zeros((len(ds.test_labels), m, 2), dtype=np.float32)
+    np.put_along_axis(scores, votes[..., None], 1.0, axis=2)
+    meta = {
+        "scheme": "binary_kmeans",
+        "k": m,
+        "d": 1,
+        "offsets": [],
+        "n_models": m,
+        "dataset": ds.name,
+        "dataset_hash": ds.meta()["content_hash"],
+        "n_classes": 2,
+        "learner": "binary_kmeans",
+        "partition_sizes": [1] * m,
+        "kmeans": dataclasses.asdict(cfg),
+        "centroids_sha256": hashlib.sha256(np.ascontiguousarray(fit["centroids"]).tobytes()).hexdigest(),
+        "binary_kmeans": {
+            "train_clusters": train_clusters.tolist(),
+            "train_labels": train_labels.tolist(),
+            "test_clusters": fit["test_clusters"].tolist(),
+        },
+        "experiment": experiment or {},
+    }
+    write_scores(out, scores, ds.test_labels, meta, compressed=True)
+    sizes = np.bincount(fit["train_clusters"], minlength=2).tolist()
+    print(f"binary 2-means on {m} unlabeled training images: clusters of {sizes[0]} and {sizes[1]}; {m} base classifiers x {len(ds.test_labels)} test samples into {out}")
+
+
 # ---------------------------------------------------------------------------------------------- certify
 
 
@@ -253,8 +415,19 @@ def _need(meta: dict[str, Any], *keys: str) -> list[Any]:
 
 def _cert_dpa(scores, meta):
     rotnet = meta.get("experiment", {}).get("learner") == "rotnet"
-    unit = "label flips" if meta.get("scheme") == "ssdpa" or rotnet else "insertions+deletions"
+    unit = "label flips" if meta.get("scheme") in ("ssdpa", "binary_kmeans") or rotnet else "insertions+deletions"
     return certify.dpa(scores, unit=unit)
+
+
+def _cert_binary_kmeans(scores, meta):
+    (fit,) = _need(meta, "binary_kmeans")
+    tc, y, xc = (np.asarray(fit[key], dtype=np.int64) for key in ("train_clusters", "train_labels", "test_clusters"))
+    if scores.shape[:2] != (len(xc), len(y)) or scores.shape[2] != 2:
+        raise PoisonCertError(f"scores of shape {scores.shape} do not belong to the stored 2-means fit ({len(xc)} test samples, {len(y)} base classifiers, 2 classes)")
+    cert = certify.binary_kmeans(tc, y, xc)
+    if not np.array_equal(certify.vote_counts(certify.votes(scores), 2), cert.detail["counts"]):
+        raise PoisonCertError("the votes in these scores disagree with the stored 2-means cluster assignments; the scores file was altered")
+    return cert
 
 
 def _cert_fa(scores, meta):
@@ -308,6 +481,7 @@ CERTIFICATES: dict[str, Callable[[np.ndarray, dict], certify.Certificate]] = {
     "dpa_star_roe": _cert_dpa_star_roe,
     "bagging": _cert_bagging,
     "random_selection": _cert_random_selection,
+    "binary_kmeans": _cert_binary_kmeans,
 }
 
 
