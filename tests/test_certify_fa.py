@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from certify_bruteforce import Ensemble, fa_units
 from poisoncert.certify import dpa
+from poisoncert.certify._common import argmax_votes, count_true, vote_counts
 from poisoncert.certify.fa import (
+    bucket_sums,
     default_fa_offsets,
     fa,
     fa_certified_accuracy,
@@ -80,6 +82,68 @@ def test_largest_first_rows_matches_sorting():
         assert got[i] == want
 
 
+def test_largest_first_rows_edge_cases_match_sorting():
+    """Sparse levels (jumps), large values, zeros taken for free, whole rows consumed, wide dtypes."""
+    rng = np.random.default_rng(2)
+    cases = [
+        rng.choice([0, 3, 9, 40], size=(300, 23)).astype(np.uint8),  # gaps between levels
+        rng.integers(0, 10**9, (200, 9)),  # int64: far too many levels to walk one by one
+        rng.integers(0, 2, (200, 31)).astype(np.uint16),
+        np.zeros((5, 8), dtype=np.uint8),
+    ]
+    for pw in cases:
+        top = int(pw.sum(axis=1).max())
+        budget = rng.integers(-3, top + 5, pw.shape[0])
+        got = largest_first_rows(pw, budget)
+        for i in range(pw.shape[0]):
+            csum = np.concatenate([[0], np.cumsum(np.sort(pw[i])[::-1])])
+            want = -1 if budget[i] < 0 else int(np.flatnonzero(csum <= budget[i]).max())
+            assert got[i] == want, (pw[i], budget[i])
+    assert largest_first_rows(np.zeros((0, 4), dtype=np.uint8), np.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("rowwise_min_kd", [1, 10**9])
+def test_bucket_sums_both_layouts_match_roll(rowwise_min_kd, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["poisoncert.certify.fa"], "_ROWWISE_MIN_KD", rowwise_min_kd)
+    rng = np.random.default_rng(rowwise_min_kd % 97)
+    for _ in range(200):
+        kd = int(rng.integers(1, 70))
+        off = rng.choice(kd, int(rng.integers(1, kd + 1)), replace=False)
+        x = rng.integers(0, 3, (int(rng.integers(1, 5)), int(rng.integers(1, 4)), kd)).astype(np.uint8)
+        want = sum(np.roll(x, -int(r), axis=-1) for r in off)
+        assert np.array_equal(bucket_sums(x, off), want)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 10, 16, 17, 40])
+def test_votes_counts_match_numpy(n_classes):
+    """Class-loop argmax and comparison counts == np.argmax / bincount, ties to the smaller index."""
+    rng = np.random.default_rng(n_classes)
+    for dt in (np.float32, np.float64, np.float16, np.int64, np.int8):
+        s = rng.integers(-2, 3, (23, 41, n_classes)).astype(dt)  # ties everywhere
+        if np.issubdtype(dt, np.floating) and dt != np.float16:
+            s[::2] = rng.standard_normal(s[::2].shape).astype(dt)
+        v = argmax_votes(s)
+        assert v.dtype == np.int64 and np.array_equal(v, np.argmax(s, axis=2))
+        want = np.stack([np.bincount(r, minlength=n_classes) for r in v])
+        for vv in (v, v.astype(np.uint8), v.astype(np.int16)):
+            assert np.array_equal(vote_counts(vv, n_classes), want)
+    mask = rng.random((7, 3, 8 * 300)) < 0.3  # > 255 words: several partial sums
+    assert np.array_equal(count_true(mask), mask.sum(axis=-1))
+    assert np.array_equal(count_true(mask[..., :13]), mask[..., :13].sum(axis=-1))
+
+
+def test_fa_from_votes_rejects_bad_votes():
+    v = np.zeros((3, 6), dtype=np.int64)
+    for bad in (-1, 3):
+        w = v.copy()
+        w[2, 5] = bad
+        for dt in (np.int64, np.int32, np.float64):
+            with pytest.raises(PoisonCertError, match="class indices"):
+                fa_from_votes(w.astype(dt), 3, 3, 2, [0, 1])
+
+
 def test_bruteforce_sound_and_mostly_tight():
     """No set of cert buckets can change the prediction (any outputs of the models they reach).
 
@@ -142,14 +206,18 @@ def test_improvement_stats_by_hand():
     assert stats["pr_up"] == pytest.approx(1 / 3) and stats["delta_r"] == 1.0
 
 
-@pytest.mark.parametrize("k, d, n_classes", [(30, 4, 5), (13, 3, 3), (5, 7, 10), (20, 1, 4)])
-def test_matches_loop_reference(k, d, n_classes):
+@pytest.mark.parametrize(
+    "k, d, n_classes, n",
+    [(30, 4, 5, 150), (13, 3, 3, 150), (5, 7, 10, 150), (20, 1, 4, 150), (1, 5, 2, 60), (3, 90, 3, 40),
+     (8, 16, 17, 60), (300, 16, 3, 12)],  # d = 90: pw up to 180; kd = 4800: row-wise bucket sums
+)
+def test_matches_loop_reference(k, d, n_classes, n):
     rng = np.random.default_rng(k * 100 + d)
     off = default_fa_offsets(k, d)
-    for s in (rng.integers(0, 3, (150, k * d, n_classes)).astype(np.float32),
-              rng.standard_normal((150, k * d, n_classes)).astype(np.float32)):
+    for s in (rng.integers(0, 3, (n, k * d, n_classes)).astype(np.float32),
+              rng.standard_normal((n, k * d, n_classes)).astype(np.float32)):
         # bias towards one class per sample so radii are large too
-        s[np.arange(150), :, rng.integers(0, n_classes, 150)] += rng.random() * 2
+        s[np.arange(n), :, rng.integers(0, n_classes, n)] += rng.random() * 2
         cert = fa(s, k, d, off)
         p, r = bench.fa_loop(s, k, d, off)
         assert np.array_equal(cert.prediction, p)

@@ -168,16 +168,24 @@ def test_dpa_roe_matches_loop_reference(k, c):
         assert np.array_equal(cert.radius, r)
 
 
-@pytest.mark.parametrize("k, d, c", [(10, 4, 5), (5, 3, 3), (6, 2, 10), (4, 5, 2)])
-def test_fa_roe_matches_loop_reference(k, d, c):
+@pytest.mark.parametrize(
+    "k, d, c, n",
+    [(10, 4, 5, 80), (5, 3, 3, 80), (6, 2, 10, 80), (4, 5, 2, 80), (1, 3, 4, 60), (7, 1, 6, 80),
+     (3, 90, 3, 30), (12, 16, 12, 40), (25, 16, 10, 40)],  # d = 90: 3d > 255 (uint16 pair powers)
+)
+def test_fa_roe_matches_loop_reference(k, d, c, n):
     rng = np.random.default_rng(k * d + c)
     off = default_fa_offsets(k, d)
-    for s in (rng.integers(0, 3, (80, k * d, c)).astype(np.float32), rng.standard_normal((80, k * d, c)).astype(np.float32)):
-        s[np.arange(80), :, rng.integers(0, c, 80)] += rng.random() * 2
+    for s in (rng.integers(0, 3, (n, k * d, c)).astype(np.float32), rng.standard_normal((n, k * d, c)).astype(np.float32)):
+        s[np.arange(n), :, rng.integers(0, c, n)] += rng.random() * 2
         cert = fa_roe(s, k, d, off)
         p, r = bench.fa_roe_loop(s, k, d, off)
         assert np.array_equal(cert.prediction, p)
         assert np.array_equal(cert.radius, r)
+        # the round-1 details agree with roe_predict on the same logits
+        pred, c1, c2, counts = roe_predict(s)
+        assert np.array_equal(cert.prediction, pred) and np.array_equal(cert.detail["counts"], counts)
+        assert np.array_equal(cert.detail["c1"], c1) and np.array_equal(cert.detail["c2"], c2)
 
 
 def test_dpa_star_logits_layouts():

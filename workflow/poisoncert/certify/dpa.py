@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Certificate, check_counts, check_scores, plurality, vote_counts, votes
+from ._common import Certificate, argmax_votes, check_counts, check_scores, plurality, vote_counts
 
 __all__ = ["dpa", "dpa_from_counts", "gap_certificate", "certv1_dpa"]
 
@@ -63,7 +63,7 @@ def dpa(scores: np.ndarray, unit: str = "insertions+deletions") -> Certificate:
     argmax class (ties to the smaller index).
     """
     scores = check_scores(scores)
-    counts = vote_counts(votes(scores), scores.shape[2])
+    counts = vote_counts(argmax_votes(scores), scores.shape[2])  # validated once, above
     cert = dpa_from_counts(counts, unit=unit)
     cert.detail["counts"] = counts
     return cert

@@ -33,7 +33,16 @@ from numbers import Integral
 import numpy as np
 
 from ..errors import PoisonCertError
-from ._common import Certificate, check_scores, plurality, vote_counts, votes
+from ._common import (
+    Certificate,
+    argmax_votes,
+    check_scores,
+    count_true,
+    plurality,
+    sample_blocks,
+    small_index_dtype,
+    vote_counts,
+)
 
 __all__ = [
     "default_fa_offsets",
@@ -51,8 +60,6 @@ __all__ = [
 #: Seed of the FA reference implementation (``random.seed(999999999+208)``).
 FA_REFERENCE_SEED = 999999999 + 208
 
-# target number of (sample, bucket, class) cells processed per chunk: keeps the working set in cache
-_CHUNK_CELLS = 1 << 21
 
 
 def _check_pos_int(value, name: str) -> int:
@@ -115,33 +122,74 @@ def check_fa_layout(scores: np.ndarray, k, d, offsets=None) -> tuple[np.ndarray,
     return scores, k, d, off
 
 
+#: From this many models on, bucket sums slice each row (long rows: negligible per-row overhead);
+#: below it they use the padded flat layout (measured crossover, uint8, d = 5 and 16).
+_ROWWISE_MIN_KD = 4096
+
+
 def bucket_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per-bucket sums over the models each bucket reaches: ``out[..., j, :] = Σ_r x[..., (j+r) % kd, :]``.
+    """Per-bucket sums over the models each bucket reaches: ``out[..., j] = Σ_{r in R} x[..., (j + r) % kd]``.
 
-    ``x``: (n, kd, m) small non-negative integers (uint8; per-model indicators). The result has the
-    same dtype; the caller guarantees ``d * max(x) <= 255``.
+    ``x``: (..., kd) small non-negative integers (uint8 per-model indicators), models on the last axis.
+    The result has the same dtype (possibly a strided view); the caller guarantees ``d * max(x)``
+    fits it. Cost: one shifted add per offset, in one of two layouts:
+
+    * kd < ``_ROWWISE_MIN_KD``: every row is stored rotated by an offset b and followed by its first
+      ``pad`` entries (so the wrap-around disappears), rows back to back; each offset is then a
+      single contiguous add over the whole block (per-row slicing would be dominated by numpy's
+      per-row overhead). With r' = (r - b) mod kd, out[j] = Σ_r' x[(j + b + r') % kd]; b is the offset
+      after the largest circular gap between offsets, which minimises pad = max r'. Outputs that
+      mix two rows fall in the padding and are dropped.
+    * larger kd: per offset, two slice adds per row (out[:kd-r] += x[r:], out[kd-r:] += x[:r]),
+      which does not pay the padding (up to 2x the work).
     """
-    kd = x.shape[1]
-    out = np.zeros_like(x)
-    for r in offsets.tolist():
-        r = int(r)
-        # out[:, j] += x[:, (j + r) % kd]
-        if r == 0:
-            out += x
-        else:
-            out[:, : kd - r] += x[:, r:]
-            out[:, kd - r :] += x[:, :r]
-    return out
+    x = np.asarray(x)
+    kd = x.shape[-1]
+    offs = sorted(int(r) for r in offsets)
+    if not offs:
+        return np.zeros_like(x)
+    if kd >= _ROWWISE_MIN_KD:
+        out = np.empty_like(x)
+        r = offs[0]
+        out[..., : kd - r] = x[..., r:]
+        out[..., kd - r :] = x[..., :r]
+        for r in offs[1:]:
+            out[..., : kd - r] += x[..., r:]
+            out[..., kd - r :] += x[..., :r]
+        return out
+    gaps = np.diff(offs + [offs[0] + kd])
+    b = offs[(int(np.argmax(gaps)) + 1) % len(offs)]
+    rel = sorted((r - b) % kd for r in offs)  # rel[0] == 0
+    pad = rel[-1]
+    rows = x.reshape(-1, kd)
+    y = np.empty((rows.shape[0], kd + pad), dtype=x.dtype)
+    i = 0
+    while i < kd + pad:  # y[:, i] = x[:, (b + i) % kd], in at most three slices
+        src = (b + i) % kd
+        step = min(kd - src, kd + pad - i)
+        y[:, i : i + step] = rows[:, src : src + step]
+        i += step
+    flat_y = y.reshape(-1)
+    n_valid = flat_y.size - pad  # the last row's kd outputs end exactly here
+    z = np.empty_like(y)
+    flat_z = z.reshape(-1)
+    flat_z[n_valid:] = 0
+    flat_z[:n_valid] = flat_y[:n_valid]
+    for r in rel[1:]:
+        flat_z[:n_valid] += flat_y[r : r + n_valid]
+    return z[:, :kd].reshape(x.shape)
 
 
-def _onehot_u8(v: np.ndarray, n_classes: int) -> np.ndarray:
-    return (v[..., None] == np.arange(n_classes, dtype=v.dtype)).view(np.uint8)
+def _count_level(sub: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """#{j : sub[i, j] == level[i]} per row."""
+    return count_true(sub == level[:, None].astype(sub.dtype))
 
 
-def _chunks(n: int, cells_per_sample: int):
-    step = max(1, _CHUNK_CELLS // max(1, cells_per_sample))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+def _next_lower(sub: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Largest entry < level[i] per row, or -1 where there is none."""
+    below = sub < level[:, None].astype(sub.dtype)
+    # entries below level are <= level - 1, so +1 cannot overflow; 0 marks "nothing below"
+    return np.where(below, sub + sub.dtype.type(1), sub.dtype.type(0)).max(axis=1).astype(np.int64) - 1
 
 
 def largest_first_rows(pw: np.ndarray, budget: np.ndarray) -> np.ndarray:
@@ -150,84 +198,98 @@ def largest_first_rows(pw: np.ndarray, budget: np.ndarray) -> np.ndarray:
     Returns, per row, the largest r such that the sum of the r largest entries is <= budget (-1 where
     budget < 0). This is the "largest-first" step of FA Theorem 2 (Δ^{d_sym}: the sum of the d_sym
     largest elements, budget G) and, with budget = gap - 1, of CERTFA (Algorithm 4 / Lemma E.3 of 003),
-    which returns exactly this t. Walks the distinct values from the top (at most max(pw)+1 steps, vectorised over
-    rows); it stops early for a row as soon as its budget is exhausted, which is after a few values
-    in practice, so it is faster than a full histogram.
+    which returns exactly this t. Zero entries are taken for free (as in the reference scripts).
+
+    Counting instead of sorting: walk the value levels down from the row maximum, vectorised over the
+    rows still running; at each level take ``min(count, remaining // level)`` entries and drop the rows
+    whose budget ran out. The budget runs out after a few levels in practice (the loop is bounded by
+    the number of distinct values), and each level costs one comparison and one narrow-integer sum
+    per row; an empty level costs one more pass to jump to the next value present.
     """
     pw = np.asarray(pw)
     budget = np.asarray(budget, dtype=np.int64)
     m = pw.shape[0]
     r = np.zeros(m, dtype=np.int64)
-    if m == 0:
-        return r
-    rem = budget.copy()
-    level = pw.max(axis=1).astype(np.int64)  # current value level, walking down
-    idx = np.flatnonzero(rem >= 0)
-    sub = pw[idx]
+    if m == 0 or pw.shape[1] == 0:
+        return np.where(budget < 0, -1, r)
+    idx = np.flatnonzero(budget >= 0)
+    sub = pw if idx.size == m else pw[idx]
+    rem = budget[idx]
+    level = sub.max(axis=1).astype(np.int64) if idx.size else np.zeros(0, dtype=np.int64)
+    # the maximum is present in every row: a budget below it takes nothing (r = 0) without counting
+    go = rem >= level
+    if not go.all():
+        idx, sub, rem, level = idx[go], sub[go], rem[go], level[go]
     while idx.size:
-        v = level[idx]
-        eq = sub == v[:, None].astype(sub.dtype)
-        cnt = np.count_nonzero(eq, axis=1)
-        zero = v == 0
-        take = np.where(zero, cnt, np.minimum(cnt, rem[idx] // np.maximum(v, 1)))
+        cnt = _count_level(sub, level)
+        empty = cnt == 0
+        if empty.any():  # jump to the next value present (-1: the row is exhausted)
+            level[empty] = _next_lower(sub[empty], level[empty])
+            cnt[empty] = np.where(level[empty] >= 0, _count_level(sub[empty], np.maximum(level[empty], 0)), 0)
+        zero = level <= 0
+        take = np.where(zero, cnt, np.minimum(cnt, rem // np.maximum(level, 1)))
         r[idx] += take
-        rem[idx] -= take * v
-        go_on = (take == cnt) & ~zero
-        if not go_on.any():
-            break
-        idx, sub, v = idx[go_on], sub[go_on], v[go_on]
-        below = np.where(sub < v[:, None].astype(sub.dtype), sub, 0)
-        nxt = below.max(axis=1).astype(np.int64)
-        # rows whose values are all consumed (nothing below v, and v > 0 had no zeros left)
-        has_lower = (sub < v[:, None].astype(sub.dtype)).any(axis=1)
-        level[idx] = nxt
-        idx, sub = idx[has_lower], sub[has_lower]
+        rem -= take * np.maximum(level, 0)
+        go = (take == cnt) & ~zero
+        if not go.all():
+            idx, sub, rem, level = idx[go], sub[go], rem[go], level[go]
+        level -= 1
     return np.where(budget < 0, -1, r)
 
 
-def _bucket_indicator_sums(v: np.ndarray, target: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """#{i in h_spread(j) : v[i] == target} for every bucket j: (m, kd) uint8 from (m, kd) votes."""
-    return bucket_sums((v == target[:, None]).view(np.uint8), offsets)
-
-
 def _fa_radius(v: np.ndarray, counts: np.ndarray, pred: np.ndarray, d: int, offsets: np.ndarray):
-    """Theorem 2 radius min_{c' != c} r(c, c') and a class c' attaining it.
+    """Theorem 2 radius min_{c' != c} r(c, c') and a class c' attaining it, for one block of samples.
 
-    Classes are visited in order of increasing budget G(c, c') = n_c - n_c' - 1[c' < c]. Exact
-    pruning: pw_j(c, c') <= d + max_j P_j =: M, so the r largest sum to at most r·M and
+    ``v`` (s, kd) votes in a narrow dtype, ``counts`` (s, C), ``pred`` (s,). Classes are visited in
+    order of increasing budget G(c, c') = n_c - n_c' - 1[c' < c] (the first attaining class is kept).
+    Exact pruning: if pw_j(c, c') <= M for all j, the r largest sum to at most r·M, so
     r(c, c') >= floor(G / M); r is non-decreasing in G, so once floor(G / M) >= the current minimum
-    no later class can lower it.
+    no later class can lower it. The first class is evaluated for every row, with pw_j = Σ_{i in
+    bucket j} (1 + 1[f_i = c] - 1[f_i = c']) summed directly (one bucket sum); only rows that the coarse
+    bound M = d + floor(max_j pw_j / 2) leaves open get P_j (one more bucket sum) and the tight bound
+    M = d + max_j P_j, and then pw = d + P_j - Q_j for each further class they need.
     """
-    n, kd = v.shape
+    s, kd = v.shape
     n_classes = counts.shape[1]
-    rows = np.arange(n)
+    rows = np.arange(s)
     classes = np.arange(n_classes)
     budget = counts[rows, pred][:, None] - counts - (classes[None, :] < pred[:, None])
     budget[rows, pred] = np.iinfo(np.int64).max
     order = np.argsort(budget, axis=1, kind="stable")  # by increasing G; pred is last
-    best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    arg = np.zeros(n, dtype=np.int64)
-    for sl in _chunks(n, kd):
-        vs = v[sl]
-        p = _bucket_indicator_sums(vs, pred[sl], offsets)  # P_j, (s, kd) uint8
-        bound_den = d + p.max(axis=1).astype(np.int64)  # M
-        p_plus_d = p + np.uint8(d)
-        bs, os_ = budget[sl], order[sl]
-        b_best, b_arg = best[sl], arg[sl]
-        for t in range(n_classes - 1):
-            cls = os_[:, t]
-            g = bs[np.arange(len(cls)), cls]
-            need = (g // bound_den) < b_best
-            if not need.any():
-                break
-            ii = np.flatnonzero(need)
-            q = _bucket_indicator_sums(vs[ii], cls[ii], offsets)
-            pw = p_plus_d[ii] - q  # d + P_j - Q_j in [0, 2d]
-            r = largest_first_rows(pw, g[ii])
-            better = r < b_best[ii]
-            b_best[ii[better]] = r[better]
-            b_arg[ii[better]] = cls[ii][better]
-        best[sl], arg[sl] = b_best, b_arg
+    is_pred = v == pred.astype(v.dtype)[:, None]  # (s, kd) 1[f_i = c]
+    arg = order[:, 0].copy()
+    y = is_pred.view(np.uint8) + np.uint8(1)
+    y -= (v == arg.astype(v.dtype)[:, None]).view(np.uint8)  # 1 + 1[f = c] - 1[f = c'] in {0, 1, 2}
+    pw = bucket_sums(y, offsets)
+    best = largest_first_rows(pw, budget[rows, arg])
+    if n_classes <= 2:
+        return best, arg
+    # coarse bound without P: P_j + Q_j <= d (disjoint votes in a bucket of d models), so
+    # pw_j = d + P_j - Q_j >= 2 P_j and every pw_j(c, c'') <= d + P_j <= d + floor(max_j pw_j / 2)
+    coarse = d + pw.max(axis=1).astype(np.int64) // 2
+    open_rows = np.flatnonzero((budget[rows, order[:, 1]] // coarse) < best)
+    if open_rows.size == 0:
+        return best, arg
+    vs, bs, os_ = v[open_rows], budget[open_rows], order[open_rows]
+    p = bucket_sums(is_pred[open_rows].view(np.uint8), offsets)  # P_j
+    bound_den = d + p.max(axis=1).astype(np.int64)  # M
+    p_plus_d = p + np.uint8(d)  # d + P_j <= 2d <= 254
+    sub_rows = np.arange(open_rows.size)
+    b_best, b_arg = best[open_rows], arg[open_rows]
+    for t in range(1, n_classes - 1):
+        cls = os_[:, t]
+        g = bs[sub_rows, cls]
+        need = (g // bound_den) < b_best
+        if not need.any():
+            break
+        ii = sub_rows if need.all() else np.flatnonzero(need)
+        q = bucket_sums((vs[ii] == cls[ii, None].astype(v.dtype)).view(np.uint8), offsets)  # Q_j
+        pw = np.subtract(p_plus_d[ii], q, out=q)  # d + P_j - Q_j in [0, 2d]
+        r = largest_first_rows(pw, g[ii])
+        better = r < b_best[ii]
+        b_best[ii[better]] = r[better]
+        b_arg[ii[better]] = cls[ii][better]
+    best[open_rows], arg[open_rows] = b_best, b_arg
     return best, arg
 
 
@@ -253,8 +315,9 @@ def fa(scores: np.ndarray, k: int, d: int, offsets=None) -> Certificate:
     pw_j = d + P_j - Q_j sum to at most n_c - n_c' - 1[c' < c]. With d = 1 and offsets [0] this is
     DPA's Theorem 1 exactly. ``detail["runner_up"]`` is a class c' attaining the minimum.
     """
-    scores, k, d, off = check_fa_layout(scores, k, d, offsets)
-    return fa_from_votes(votes(scores), scores.shape[2], k, d, off)
+    scores, k, d, off = check_fa_layout(scores, k, d, offsets)  # validates the logits once
+    n_classes = scores.shape[2]
+    return _fa_certificate(argmax_votes(scores, small_index_dtype(n_classes)), n_classes, d, off, check=False)
 
 
 def fa_from_votes(v: np.ndarray, n_classes: int, k: int, d: int, offsets=None) -> Certificate:
@@ -265,19 +328,38 @@ def fa_from_votes(v: np.ndarray, n_classes: int, k: int, d: int, offsets=None) -
     if v.ndim != 2 or v.shape[1] != k * d:
         raise PoisonCertError(f"votes must have shape (n_test, k*d = {k * d}), got {v.shape}")
     _, _, _, off = check_fa_layout(np.zeros((1, k * d, 1), dtype=np.float32), k, d, offsets)
-    if v.size and (v.min() < 0 or v.max() >= n_classes):
-        raise PoisonCertError(f"votes must be class indices in [0, {n_classes})")
-    v = v.astype(np.int16 if n_classes < 32768 else np.int64)
-    counts = vote_counts(v, n_classes)
-    pred = plurality(counts)
-    detail = {"counts": counts}
-    if n_classes == 1:
-        radius = _single_class_radius(counts, d)
-        detail["runner_up"] = np.zeros_like(pred)
-    else:
-        radius, runner = _fa_radius(v, counts, pred.astype(v.dtype), d, off)
-        detail["runner_up"] = runner
-    return Certificate(pred, radius.astype(np.int64), unit="insertions+deletions", detail=detail)
+    return _fa_certificate(v, int(n_classes), d, off, check=True)
+
+
+def _block_votes(v: np.ndarray, n_classes: int, check: bool) -> np.ndarray:
+    """One block of votes, checked (class indices in [0, n_classes)) and cast to a narrow dtype."""
+    if check and v.size:
+        if np.issubdtype(v.dtype, np.signedinteger):  # negatives wrap to huge unsigned values: one pass
+            bad = v.view(v.dtype.str.replace("i", "u")).max() >= n_classes
+        else:
+            bad = v.min() < 0 or v.max() >= n_classes
+        if bad:
+            raise PoisonCertError(f"votes must be class indices in [0, {n_classes})")
+    return v.astype(small_index_dtype(n_classes), copy=False)
+
+
+def _fa_certificate(v: np.ndarray, n_classes: int, d: int, off: np.ndarray, check: bool) -> Certificate:
+    """Theorem 2 over blocks of samples (each block's votes, counts and bucket sums stay in cache)."""
+    n, kd = v.shape
+    pred = np.empty(n, dtype=np.int64)
+    radius = np.empty(n, dtype=np.int64)
+    runner = np.zeros(n, dtype=np.int64)
+    counts = np.empty((n, n_classes), dtype=np.int64)
+    for sl in sample_blocks(n, kd):
+        vb = _block_votes(v[sl], n_classes, check)
+        cb = counts[sl] = vote_counts(vb, n_classes)
+        pb = pred[sl] = plurality(cb)
+        if n_classes == 1:
+            radius[sl] = _single_class_radius(cb, d)
+        else:
+            radius[sl], runner[sl] = _fa_radius(vb, cb, pb, d, off)
+    detail = {"counts": counts, "runner_up": runner}
+    return Certificate(pred, radius, unit="insertions+deletions", detail=detail)
 
 
 def _dpa_style_radius(counts: np.ndarray, pred: np.ndarray, d: int) -> np.ndarray:
@@ -371,7 +453,8 @@ def fa_certified_accuracy(
     if isinstance(s, bool) or not isinstance(s, Integral) or int(s) < 0:
         raise PoisonCertError(f"attack_size must be a non-negative integer, got {attack_size!r}")
     s = min(int(s), kd)
-    cert = fa(scores, k, d, off)
+    v_all = argmax_votes(scores, small_index_dtype(n_classes))  # logits validated above: no second check
+    cert = _fa_certificate(v_all, n_classes, d, off, check=False)
     correct = cert.prediction == labels
     n_correct = int(correct.sum())
     if s == 0 or n_classes == 1:
@@ -387,14 +470,15 @@ def fa_certified_accuracy(
     cand = np.flatnonzero(correct & (cert.radius < s))
     if cand.size == 0:
         return FACertifiedAccuracy(n_correct / n, tuple(range(s)), n_correct, 0)
-    v = votes(scores[cand])
+    v = v_all[cand].astype(np.int64)
     counts = cert.detail["counts"][cand]
     pred = cert.prediction[cand]
     rows = np.arange(cand.size)
     classes = np.arange(n_classes)
     budget = counts[rows, pred][:, None] - counts - (classes[None, :] < pred[:, None])  # (m, C)
     budget[rows, pred] = np.iinfo(np.int32).max
-    b = bucket_sums(_onehot_u8(v, n_classes), off).astype(np.int32)  # (m, kd, C)
+    onehot = (v[:, None, :] == np.arange(n_classes)[:, None]).view(np.uint8)  # (m, C, kd)
+    b = bucket_sums(onehot, off).transpose(0, 2, 1).astype(np.int32)  # (m, kd, C)
     pw = d + np.take_along_axis(b, pred[:, None, None], axis=2) - b  # (m, kd, C)
     if s == 1:
         broken = (pw > budget[:, None, :]).any(axis=2)  # (m, kd)
