@@ -1,7 +1,6 @@
 """Run-Off Election (papers/003): Figure 1, Lemma 3.6's DP, brute-force soundness, reference parity."""
 
 import importlib.util
-import itertools
 from pathlib import Path
 
 import numpy as np

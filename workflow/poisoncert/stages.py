@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -586,10 +584,3 @@ def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json
     atomic_write_text(out_json, json.dumps(summary, indent=1))
     print(f"poison check: {summary['held']} of {summary['attacked']} attacked certified predictions held")
     return summary
-
-
-def environment() -> dict[str, str]:
-    """Versions recorded in reports."""
-    import numpy
-
-    return {"python": sys.version.split()[0], "numpy": numpy.__version__, "platform": platform.platform()}

@@ -21,6 +21,8 @@ from .bagging import (
 from .selection import POISONING_MODELS, SCHEMES, random_selection, random_selection_radius, selection_delta
 
 __all__ = [
+    "binary_kmeans",
+    "binary_kmeans_counts",
     "Certificate",
     "check_scores",
     "plurality",
