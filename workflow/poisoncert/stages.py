@@ -238,7 +238,6 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         from .two_phase import combine, phase1_labels
 
         labels, n_classes = phase1_labels(ds.train_labels, ds.n_classes, pmeta["clean_classes"])
-    train_sets = [(ds.train_images[parts.members(m)], labels[parts.members(m)]) for m in models]
     seeds = [int(parts.seeds[m]) for m in models]
     cfg = _train_config(train_config, threads)
     dev = _device_arg(device)
@@ -253,6 +252,7 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         n_train = len(ds.train_labels)
         logits = train_heads(feats[:n_train], ds.train_labels, [parts.members(m) for m in models], seeds, feats[n_train:], ds.n_classes, HeadConfig())
     else:
+        train_sets = [(ds.train_images[parts.members(m)], labels[parts.members(m)]) for m in models]
         logits = train_shard(train_sets, seeds, ds.test_images, n_classes, cfg, device=dev, progress=progress)
         if two_phase:
             phase2_logits = _read_phase2(phase2_file, pmeta["dataset_hash"], pmeta["clean_classes"])
@@ -488,8 +488,12 @@ def certify_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
     if name not in CERTIFICATES:
         raise PoisonCertError(f"unknown certificate '{name}'; choose one of {', '.join(CERTIFICATES)}")
     cert = CERTIFICATES[name](scores, meta)
-    base_votes = certify.votes(scores)
-    base_acc = float((base_votes == labels[:, None]).mean())
+    counts = cert.detail.get("counts")
+    if counts is not None and counts.shape == (len(labels), scores.shape[2]) and np.all(counts.sum(axis=1) == scores.shape[1]):
+        # the certificate already counted every model's vote: reuse it instead of a second argmax
+        base_acc = float(counts[np.arange(len(labels)), labels].sum() / (len(labels) * scores.shape[1]))
+    else:
+        base_acc = float((certify.votes(scores) == labels[:, None]).mean())
     certified = certify.certified_radius_or_minus_one(cert.prediction, cert.radius, labels)
     max_r = int(max(certified.max(initial=0), max(radii, default=0)))
     curve_r = np.arange(max_r + 2)
