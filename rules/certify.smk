@@ -33,6 +33,7 @@ rule poison_check:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
         targets=lambda wc: experiment(wc)["poison_check"],
+        certificates=lambda wc: ",".join(experiment(wc)["certificates"]),
     shell:
         "{PYTHON} -m poisoncert poison-check --dataset-file {input.data} {input.scores} --targets {params.targets} "
-        "--out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
+        "--certificates {params.certificates} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"

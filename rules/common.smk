@@ -10,6 +10,7 @@ if _SRC not in sys.path:
 # the rules call `python -m poisoncert`; make the package importable there too (also without pip install -e)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
 
+from poisoncert import registry  # noqa: E402
 from poisoncert.config import ensembles, validate_config  # noqa: E402
 from poisoncert.errors import PoisonCertError  # noqa: E402
 
@@ -35,10 +36,10 @@ wildcard_constraints:
     table="[A-Za-z0-9_]+",
 
 
-# DPA App. B experiments (scheme binary_kmeans) get their scores.npz from rule kmeans_scores, every
-# other experiment from rule aggregate: two mutually exclusive constraints on {exp}, so no scores
-# file can be made by both rules (the lookahead stops at the '/' after the experiment name).
-_KMEANS_NAMES = "|".join(re.escape(n) for n, e in config["experiments"].items() if e["scheme"] == "binary_kmeans")
+# Schemes that do not train (registry: DPA App. B's binary_kmeans) get their scores.npz from rule
+# kmeans_scores, every other experiment from rule aggregate: two mutually exclusive constraints on
+# {exp}, so no scores file can be made by both rules (the lookahead stops at the '/' after the name).
+_KMEANS_NAMES = "|".join(re.escape(n) for n, e in config["experiments"].items() if not registry.scheme(e["scheme"]).trains)
 KMEANS_EXP = f"(?:{_KMEANS_NAMES})" if _KMEANS_NAMES else "(?!)"  # (?!) matches nothing
 TRAINED_EXP = (f"(?!(?:{_KMEANS_NAMES})/)" if _KMEANS_NAMES else "") + "[A-Za-z0-9][A-Za-z0-9_-]*"
 
@@ -85,9 +86,7 @@ def certificate_summaries(exp_name):
 
 def selection_args(exp):
     """CLI flags of the random-selection schemes (empty for the deterministic ones)."""
-    from poisoncert.partition import SELECTION_SCHEMES
-
-    if exp["scheme"] not in SELECTION_SCHEMES:
+    if not registry.scheme(exp["scheme"]).selection:
         return ""
     args = f"--n-models {exp['n_models']} --clean-count {exp['clean_count']}"
     if exp["clean_classes"]:
@@ -110,7 +109,7 @@ def experiments_on(dataset):
 def has_improvement(exp):
     """Whether the experiment has a (method, DPA baseline) pair (see poisoncert.report.improvement_pairs)."""
     certs = set(exp["certificates"])
-    if certs & {"dpa_roe", "dpa_star_roe"} and "dpa" in certs:
+    if any(registry.certificate(c).baseline in certs for c in certs):
         return True
     return "fa" in certs and 1 in exp["d"] and (len(exp["d"]) > 1 or "fa_roe" in certs)
 

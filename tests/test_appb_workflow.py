@@ -15,7 +15,9 @@ from poisoncert.config import ensembles, validate_config
 from poisoncert.data import TRAIN_SIZES, canonical_order, load_dataset, save_dataset
 from poisoncert.errors import PoisonCertError
 from poisoncert.semisup import binary_kmeans_base_votes, binary_kmeans_fit
-from poisoncert.stages import certify_scores, kmeans_scores, read_scores, run_certify
+from poisoncert.scores import read_scores
+from poisoncert.stages.certify import certify_scores, run_certify
+from poisoncert.stages.kmeans_scores import kmeans_scores
 
 
 def _exp(**kw):
@@ -57,7 +59,6 @@ def test_config_fills_k_with_the_training_set_size():
         (_exp(d=[2]), r"experiments\.b\.d: scheme 'binary_kmeans' has no d"),
         (_exp(certificates=["fa"]), r"experiments\.b\.certificates: fa cannot certify a 'binary_kmeans' ensemble"),
         (_exp(learner="rotnet"), r"experiments\.b\.learner: rotnet is for schemes ssdpa and dpa"),
-        (_exp(poison_check=2), r"experiments\.b\.poison_check"),
         ({"experiments": {"x": {"dataset": "digits", "scheme": "dpa"}}}, r"experiments\.x\.k: required for scheme 'dpa'"),
     ],
 )
@@ -112,6 +113,9 @@ def test_certificate_rejects_altered_or_foreign_scores(scores_file, tmp_path):
     with pytest.raises(PoisonCertError, match="disagree with the stored 2-means"):
         certify_scores(bad, labels, meta, "binary_kmeans", [0])
     with pytest.raises(PoisonCertError, match="needs binary_kmeans in the scores metadata"):
+        certify_scores(scores, labels, {"scheme": "binary_kmeans"}, "binary_kmeans", [0])
+    # a file that names no scheme is certified under the default threat model (DPA), which App. B's certificate is not for
+    with pytest.raises(PoisonCertError, match="not sound for a 'dpa' ensemble.*allowed: dpa, dpa_roe"):
         certify_scores(scores, labels, {}, "binary_kmeans", [0])
     summary = run_certify(str(scores_file), "binary_kmeans", str(tmp_path / "c.csv"), str(tmp_path / "c.json"), [0, 1])
     assert summary["scheme"] == "binary_kmeans" and summary["k"] == 289 and summary["dataset"] == "digits17"

@@ -116,7 +116,7 @@ def test_end_to_end_two_phase(repo_root, tmp_path):
     res = tmp_path / "results" / "tp"
     from poisoncert.data import read_dataset
     from poisoncert.partition import read_partitions
-    from poisoncert.stages import read_scores
+    from poisoncert.scores import read_scores
 
     ds = read_dataset(tmp_path / "results" / "data" / "digits.npz")
     parts, pmeta = read_partitions(res / "k20_d1" / "partitions.npz")

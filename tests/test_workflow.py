@@ -73,7 +73,7 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     from poisoncert import certify
     from poisoncert.data import read_dataset
     from poisoncert.partition import read_partitions
-    from poisoncert.stages import read_scores
+    from poisoncert.scores import read_scores
 
     ds = read_dataset(res / "data" / "digits.npz")
     for k in (4, 7):

@@ -14,24 +14,11 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
-from .data import N_CLASSES, TRAIN_SIZES
+from . import registry
 from .errors import PoisonCertError
 from .partition import SELECTION_SCHEMES, n_models
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-
-#: Certificates each scheme's ensemble supports, the first being the default.
-CERTIFICATES: dict[str, tuple[str, ...]] = {
-    "dpa": ("dpa", "dpa_roe"),
-    "ssdpa": ("dpa",),
-    "fa": ("fa", "fa_roe"),
-    "dpa_star": ("dpa_star_roe", "dpa"),
-    "bagging": ("bagging", "random_selection"),
-    "bagging_wor": ("random_selection",),
-    "binomial": ("random_selection",),
-    "binary_kmeans": ("binary_kmeans", "dpa"),
-}
-
 
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as fh:
@@ -99,18 +86,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         scheme = exp["scheme"]
         if scheme == "binary_kmeans":
             # DPA App. B: one labelled sample per base classifier, so k = m (the training-set size)
-            m = TRAIN_SIZES[exp["dataset"]]
+            m = registry.dataset(exp["dataset"]).n_train
             if exp["k"] not in (None, [m]):
                 raise PoisonCertError(
                     f"config key experiments.{name}.k: scheme 'binary_kmeans' has k = m = {m} (the {exp['dataset']} training set, "
                     "one labelled sample per base classifier, DPA App. B); leave k out"
                 )
-            if N_CLASSES[exp["dataset"]] != 2:
+            if registry.dataset(exp["dataset"]).n_classes != 2:
                 raise PoisonCertError(f"config key experiments.{name}.dataset: scheme 'binary_kmeans' needs a binary dataset (digits17, mnist17), not '{exp['dataset']}'")
             exp["k"] = [m]
         elif exp["k"] is None:
             raise PoisonCertError(f"config key experiments.{name}.k: required for scheme '{scheme}' (a list of partition counts / selection sizes)")
-        allowed = CERTIFICATES[scheme]
+        allowed = tuple(registry.scheme(scheme).certificates)
         if exp.get("certificates") is None:
             exp["certificates"] = [allowed[0]]
         bad = [c for c in exp["certificates"] if c not in allowed]
@@ -130,8 +117,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     check_offsets(exp["offsets"], k, exp["d"][0])
                 except PoisonCertError as exc:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
-        if exp["poison_check"] and (scheme not in ("dpa", "fa") or exp["learner"] != "supervised"):
-            raise PoisonCertError(f"config key experiments.{name}.poison_check: the poison check attacks supervised dpa and fa ensembles only")
+        if exp["poison_check"] and (registry.scheme(scheme).attack is None or exp["learner"] != "supervised"):
+            attackable = [n for n, s in registry.SCHEMES.items() if s.attack]
+            raise PoisonCertError(
+                f"config key experiments.{name}.poison_check: the poison check attacks the deterministic schemes ({', '.join(attackable)}) "
+                "with the supervised learner (binary_kmeans: its own)"
+            )
         if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
             raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
         if exp["two_phase"]:
@@ -143,7 +134,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 )
             if exp["clean_count"] or exp["learner"] != "supervised":
                 raise PoisonCertError(f"config key experiments.{name}.two_phase: needs clean_count: 0 (case 3 only) and learner: supervised")
-            n_classes = N_CLASSES[exp["dataset"]]
+            n_classes = registry.dataset(exp["dataset"]).n_classes
             if clean[-1] >= n_classes or len(clean) >= n_classes:
                 raise PoisonCertError(
                     f"config key experiments.{name}.clean_classes: with two_phase they must be classes of {exp['dataset']} (0..{n_classes - 1}) "
@@ -156,7 +147,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 raise PoisonCertError(
                     f"config key experiments.{name}.certificates: Jia's bagging certificate has no known-clean part; use random_selection with clean_classes/clean_count"
                 )
-        n_train = TRAIN_SIZES[exp["dataset"]]
+        n_train = registry.dataset(exp["dataset"]).n_train
         for k in exp["k"]:
             for d in exp["d"]:
                 n_split = k * d if scheme == "fa" else k

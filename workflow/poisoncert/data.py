@@ -13,6 +13,7 @@ interrupted write never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import registry as _registry
 from .errors import PoisonCertError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "read_dataset",
     "content_hash",
     "canonical_order",
+    "atomic_file",
     "atomic_savez",
     "atomic_write_text",
     "load_npz",
@@ -100,13 +103,19 @@ def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     DPA paper Section 2.2.1: "a lexical sort by pixel values, with the labels concatenated to the
     samples as an additional value". Sorting a training set by content makes anything computed
     from it independent of the order in which the samples were read. Stable, so exact duplicates
-    keep their relative order (which cannot matter: they are identical).
+    keep their relative order (which cannot matter: they are identical). ``images`` may be any
+    array with one row per sample (uint8 images; float32 features of the SS-DPA heads): rows are
+    compared by their bytes.
+
+    >>> canonical_order(np.array([[2], [1], [1]], np.uint8), np.array([0, 1, 0])).tolist()
+    [2, 1, 0]
     """
     n = len(labels)
     if n <= 1:
         return np.arange(n)
-    rows = np.empty((n, int(np.prod(images.shape[1:])) + 8), dtype=np.uint8)
-    rows[:, :-8] = images.reshape(n, -1)
+    raw = np.ascontiguousarray(images).reshape(n, -1).view(np.uint8)  # any dtype: sort by its bytes
+    rows = np.empty((n, raw.shape[1] + 8), dtype=np.uint8)
+    rows[:, :-8] = raw
     rows[:, -8:] = np.asarray(labels, dtype=">i8").view(np.uint8).reshape(n, 8)
     keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
     return np.argsort(keys, kind="stable")
@@ -242,19 +251,11 @@ def _gtsrb(root: Path, download: bool, seed: int) -> Dataset:
     return Dataset("gtsrb", out[0][0], out[0][1], out[1][0], out[1][1], 43, [str(i) for i in range(43)])
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "digits": _digits,
-    "digits17": _digits17,
-    "mnist": _mnist,
-    "mnist17": _mnist17,
-    "cifar10": _cifar10,
-    "gtsrb": _gtsrb,
-}
-
-#: Training-set sizes, known without loading (config checks such as "k larger than the training set").
-TRAIN_SIZES: dict[str, int] = {"digits": 1438, "digits17": 289, "mnist": 60000, "mnist17": 13007, "cifar10": 50000, "gtsrb": 26640}
-#: Numbers of classes, known without loading (config checks of binary schemes and clean classes).
-N_CLASSES: dict[str, int] = {"digits": 10, "digits17": 2, "mnist": 10, "mnist17": 2, "cifar10": 10, "gtsrb": 43}
+#: Dataset name -> loader, from the registry's records (:data:`poisoncert.registry.DATASETS`).
+DATASETS: dict[str, Callable[..., Dataset]] = {name: globals()[rec.loader] for name, rec in _registry.DATASETS.items()}
+#: Training-set sizes and numbers of classes, known without loading (config checks).
+TRAIN_SIZES: dict[str, int] = {name: rec.n_train for name, rec in _registry.DATASETS.items()}
+N_CLASSES: dict[str, int] = {name: rec.n_classes for name, rec in _registry.DATASETS.items()}
 
 
 def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = False, seed: int = 0) -> Dataset:
@@ -268,28 +269,37 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = F
 # files
 
 
-def atomic_savez(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> None:
-    """``np.savez`` (``np.savez_compressed`` with ``compressed``) to a temporary file beside ``path``,
-    then rename: no partial file survives a crash."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The one atomic-write step of the package: an interrupted or failed write never leaves a file
+    that looks complete, and never leaves the temporary file behind. ``suffix`` keeps an
+    extension on the temporary name for writers that infer the format from it (matplotlib).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise PoisonCertError(f"output path {path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
-        with open(tmp, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def atomic_savez(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> None:
+    """``np.savez`` (``np.savez_compressed`` with ``compressed``) through :func:`atomic_file`."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -48,6 +48,7 @@ import numpy as np
 
 from .certify.fa import check_offsets, default_fa_offsets
 from .data import atomic_savez, canonical_order, load_npz
+from . import registry as _registry
 from .errors import PoisonCertError
 
 __all__ = [
@@ -65,8 +66,9 @@ __all__ = [
     "read_partitions",
 ]
 
-DETERMINISTIC_SCHEMES = ("dpa", "ssdpa", "fa", "dpa_star")
-SELECTION_SCHEMES = ("bagging", "bagging_wor", "binomial")
+#: From the registry. binary_kmeans (App. B) has singleton training sets, built here for the poison check.
+DETERMINISTIC_SCHEMES = tuple(n for n, s in _registry.SCHEMES.items() if not s.selection)
+SELECTION_SCHEMES = tuple(n for n, s in _registry.SCHEMES.items() if s.selection)
 SCHEMES = DETERMINISTIC_SCHEMES + SELECTION_SCHEMES
 _SELECTION_TAG = 0xBA6
 
@@ -117,15 +119,7 @@ def sorted_index(images: np.ndarray) -> np.ndarray:
 
 def n_models(scheme: str, k: int, d: int, t: int | None = None) -> int:
     """Number of base models the scheme trains (known from the config alone; ``t`` = T for selection)."""
-    if scheme in ("dpa", "ssdpa", "binary_kmeans"):
-        return k
-    if scheme in ("fa", "dpa_star"):
-        return k * d
-    if scheme in SELECTION_SCHEMES:
-        if t is None or t < 1:
-            raise PoisonCertError(f"scheme '{scheme}' needs the number of base models T >= 1 (n_models), got {t}")
-        return int(t)
-    raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    return _registry.scheme(scheme).n_models(k, d, t)
 
 
 def _csr(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +261,11 @@ def make_partitions(
             groups = [g for g in groups for _ in range(d)]
     elif scheme == "ssdpa":
         groups = _groups_by_bucket(sorted_index(images) % k, k, order)
+    elif scheme == "binary_kmeans":
+        # DPA App. B: base classifier i owns the i-th training sample in canonical order (k = m)
+        if k != n:
+            raise PoisonCertError(f"binary_kmeans has k = m: one base classifier per training sample ({n}), got k={k}")
+        groups = [order[i : i + 1] for i in range(n)]
     else:  # fa
         kd = k * d
         used_offsets = check_offsets(offsets, k, d).tolist()
@@ -286,7 +285,7 @@ def make_partitions(
     if empty:
         warnings.warn(
             f"{empty} of {m} base models have an empty training set (k={k} is large for {n} samples); "
-            "they are left at their seeded initialisation and vote like any other model",
+            "they output zero logits, i.e. a vote for class 0",
             stacklevel=2,
         )
     return parts

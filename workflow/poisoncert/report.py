@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .data import atomic_write_text
+from .data import atomic_file, atomic_write_text
+from . import registry
 from .errors import PoisonCertError
 
 __all__ = [
@@ -22,16 +22,8 @@ __all__ = [
     "plot_selection_delta",
 ]
 
-CERT_LABELS = {
-    "dpa": "DPA",
-    "fa": "FA",
-    "dpa_roe": "DPA+ROE",
-    "fa_roe": "FA+ROE",
-    "dpa_star_roe": "DPA*+ROE",
-    "bagging": "bagging (Jia)",
-    "random_selection": "random selection (Chen)",
-}
-SCHEME_LABELS = {"bagging": "with repl.", "bagging_wor": "without repl.", "binomial": "binomial"}
+CERT_LABELS = {name: rec.label for name, rec in registry.CERTIFICATES.items()}
+SCHEME_LABELS = {name: rec.label.split(", ")[-1] for name, rec in registry.SCHEMES.items() if rec.selection}
 
 
 def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
@@ -46,11 +38,14 @@ def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
 
 def _label(s: dict[str, Any]) -> str:
     name = CERT_LABELS.get(s["certificate"], s["certificate"])
+    scheme = registry.SCHEMES.get(s.get("scheme", ""))
     if s.get("scheme") == "ssdpa":
-        name = "SS-DPA"
-    if s.get("scheme") in SCHEME_LABELS:
+        name = scheme.label
+    elif s.get("scheme") == "dpa_star" and s["certificate"] == "dpa":
+        name = scheme.label  # DPA*: DPA on the seed-averaged partitions
+    if scheme is not None and scheme.selection:
         return f"{name}, {SCHEME_LABELS[s['scheme']]}, n_s={s.get('k', '?')}, T={s['n_models']}"
-    dpart = f", d={s['d']}" if s.get("d", 1) != 1 or s.get("scheme") in ("fa", "dpa_star") else ""
+    dpart = f", d={s['d']}" if s.get("d", 1) != 1 or (scheme is not None and scheme.uses_d) else ""
     return f"{name} k={s.get('k', '?')}{dpart}"
 
 
@@ -142,10 +137,8 @@ def _save(fig, png: str, pdf: str) -> None:
     import matplotlib.pyplot as plt
 
     for path in (png, pdf):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}{Path(path).suffix}")
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=Path(path).suffix) as tmp:
+            fig.savefig(tmp, dpi=150)
     plt.close(fig)
 
 
@@ -160,8 +153,9 @@ def improvement_pairs(summaries: list[dict[str, Any]]) -> list[tuple[dict[str, A
     pairs = []
     for s in summaries:
         cert, k, d = s["certificate"], s.get("k"), s.get("d")
-        if cert in ("dpa_roe", "dpa_star_roe"):
-            base = by_key.get(("dpa", k, d))
+        baseline = registry.CERTIFICATES[cert].baseline if cert in registry.CERTIFICATES else None
+        if baseline is not None:
+            base = by_key.get((baseline, k, d))
         elif cert == "fa_roe" or (cert == "fa" and d != 1):
             base = by_key.get(("fa", k, 1))
         else:

@@ -29,7 +29,6 @@ Pure functions: no file I/O. Torch is imported lazily.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import warnings
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .data import canonical_order
 from .errors import PoisonCertError
 
 __all__ = [
@@ -87,35 +87,6 @@ def _images_hash(u: np.ndarray) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _deterministic(seed: int):
-    """Deterministic kernels and a forked, seeded global RNG (restored afterwards)."""
-    import torch
-
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-            torch.backends.cudnn.deterministic = prev[2]
-            torch.backends.cudnn.benchmark = prev[3]
-
-
-def _device(device: str | None):
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # ---------------------------------------------------------------------------------------------- RotNet
 
 
@@ -147,7 +118,8 @@ class ExtractorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.n_blocks < 1 or self.epochs < 0 or self.batch_size < 1 or self.feature_pool < 1:
+        if (self.width < 1 or self.n_blocks < 1 or self.epochs < 0 or self.batch_size < 1 or self.feature_pool < 1
+                or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.lr <= 0 or self.crop_pad < 0 or self.seed < 0):
             raise PoisonCertError(f"bad extractor configuration: {self}")
         if not 1 <= self.feature_block <= self.n_blocks:
             raise PoisonCertError(f"feature_block must lie in [1, n_blocks={self.n_blocks}], got {self.feature_block}")
@@ -224,6 +196,8 @@ def train_extractor(images_uint8: np.ndarray, config: ExtractorConfig = Extracto
     """
     import torch
 
+    from .train import deterministic_mode, resolve_device
+
     x = _check_images(images_uint8)
     _, C, H, W = x.shape
     if H != W:
@@ -234,9 +208,9 @@ def train_extractor(images_uint8: np.ndarray, config: ExtractorConfig = Extracto
     mean = u.reshape(len(u), C, -1).astype(np.float64).mean(axis=(0, 2)) / 255.0
     std = u.reshape(len(u), C, -1).astype(np.float64).std(axis=(0, 2)) / 255.0
     std = np.where(std > 0, std, 1.0)
-    dev = _device(device)
+    dev = resolve_device(device)
     history: list[float] = []
-    with _deterministic(config.seed):
+    with deterministic_mode(seed=config.seed):
         gen = torch.Generator().manual_seed(config.seed)
         model = _build_rotnet(config, C, H).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -288,13 +262,15 @@ def train_extractor(images_uint8: np.ndarray, config: ExtractorConfig = Extracto
 def _raw_features(state: dict[str, Any], images: np.ndarray, device: str | None, batch_size: int = 512) -> np.ndarray:
     import torch
 
+    from .train import deterministic_mode, resolve_device
+
     config = ExtractorConfig(**state["config"])
     C, H, W = state["image_shape"]
     if tuple(images.shape[1:]) != (C, H, W):
         raise PoisonCertError(f"extractor was trained on images of shape {(C, H, W)}, got {tuple(images.shape[1:])}")
-    dev = _device(device)
+    dev = resolve_device(device)
     out = []
-    with _deterministic(config.seed), torch.no_grad():
+    with deterministic_mode(seed=config.seed), torch.no_grad():
         model = _build_rotnet(config, C, H)
         model.load_state_dict(state["weights"])
         model.to(dev).eval()
@@ -350,17 +326,6 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.steps < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise PoisonCertError(f"bad head configuration: {self}")
-
-
-def _content_order(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Permutation sorting (feature row bytes, label): a head sees its rows as a set."""
-    n = len(labels)
-    f = np.ascontiguousarray(features, dtype=np.float32)
-    rows = np.empty((n, f.shape[1] * 4 + 8), np.uint8)
-    rows[:, :-8] = f.view(np.uint8).reshape(n, -1)
-    rows[:, -8:] = np.asarray(labels, dtype=">i8").view(np.uint8).reshape(n, 8)
-    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
-    return np.argsort(keys, kind="stable")
 
 
 def _train_one_head(f: np.ndarray, y: np.ndarray, seed: int, test: np.ndarray, n_classes: int, config: HeadConfig) -> np.ndarray:
@@ -441,7 +406,7 @@ def train_heads(
             empty.append(b)
             continue
         f, y = ftr[idx], ytr[idx]
-        o = _content_order(f, y)
+        o = canonical_order(f, y)
         out[b] = _train_one_head(np.ascontiguousarray(f[o]), y[o], int(seed), fte, n_classes, config)
     if empty:
         warnings.warn(f"{len(empty)} of {len(members)} SS-DPA heads have an empty partition (first: {empty[:5]});"

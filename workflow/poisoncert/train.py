@@ -73,6 +73,9 @@ __all__ = [
     "train_shard",
     "train_one",
     "runtime_fingerprint",
+    "resolve_device",
+    "device_name",
+    "deterministic_mode",
     "STD_FLOOR",
 ]
 
@@ -117,14 +120,14 @@ class TrainConfig:
             )
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         checks = [
-            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
             (self.lr_gamma > 0, "lr_gamma must be > 0"),
-            (all(m >= 0 for m in self.lr_milestones), "lr_milestones must be >= 0"),
+            (all(m >= 1 for m in self.lr_milestones), "lr_milestones must be >= 1"),
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
@@ -240,18 +243,41 @@ def _normalize(u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str | None) -> torch.device:
-    if device is None:
+def resolve_device(device: str | None = None) -> torch.device:
+    """The device to train on: ``None``/``"auto"`` = a GPU when one is visible, else the CPU.
+
+    The one device resolver of the package; asking for ``cuda`` without a GPU is a one-line error.
+    """
+    if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PoisonCertError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PoisonCertError(f"device {device!r} requested but CUDA is not available")
+        raise PoisonCertError(f"device: {device} was asked for but no GPU is visible; set device: auto or cpu")
     return dev
 
 
+def device_name(dev: torch.device) -> str:
+    """The recorded name of a device: ``cpu`` or ``cuda:<GPU model>``."""
+    return "cpu" if dev.type == "cpu" else f"cuda:{torch.cuda.get_device_name(dev)}"
+
+
 @contextmanager
-def deterministic_mode(config: TrainConfig):
-    """Deterministic kernels, no TF32, fixed CPU thread count; restores the previous settings."""
+def deterministic_mode(config: TrainConfig | None = None, seed: int | None = None):
+    """Deterministic kernels, no TF32, fixed CPU thread count; restores the previous settings.
+
+    The one determinism context of the package (engine, SS-DPA extractor and heads). With
+    ``seed`` the global torch RNGs are also forked and seeded for the block.
+    """
+    if seed is not None:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            with deterministic_mode(config):
+                yield
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prev = (
@@ -268,7 +294,7 @@ def deterministic_mode(config: TrainConfig):
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        if config.cpu_threads:
+        if config is not None and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
     try:
         yield
@@ -286,7 +312,7 @@ def deterministic_mode(config: TrainConfig):
 
 def runtime_fingerprint(config: TrainConfig | None = None, device: str | None = None) -> dict:
     """What besides data, seed and config the logits depend on; store it with the results."""
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     threads = config.cpu_threads if (config is not None and config.cpu_threads) else torch.get_num_threads()
     out = {"torch": torch.__version__, "numpy": np.__version__, "device": dev.type, "cpu_threads": threads}
     if dev.type == "cuda":
@@ -356,7 +382,7 @@ def train_shard(
     empty = [i for i, (_, lb) in enumerate(sets) if len(lb) == 0]
     if empty:
         _empty_warning(empty)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     G = config.group_size or B
     n_groups = -(-B // G)
     bar = None
@@ -521,7 +547,7 @@ def train_one(train_set, seed, test_images, n_classes, config: TrainConfig, devi
     if n == 0:
         _empty_warning([0])
         return np.zeros((n_test, K), np.float32)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     C, H, W = shape
     pad = config.crop_padding
     with deterministic_mode(config):

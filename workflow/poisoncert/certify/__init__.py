@@ -7,7 +7,7 @@ No torch, no file I/O. Every function validates its input and raises
 from ._common import Certificate, check_scores, plurality, vote_counts, votes
 from .dpa import dpa, dpa_from_counts
 from .binary import binary_kmeans, binary_kmeans_counts  # DPA App. B (2-means SS-DPA)
-from .metrics import certified_accuracy, certified_radius_or_minus_one, median_certified_radius
+from .metrics import certified_accuracy, certified_radius_or_minus_one, mean_base_accuracy, median_certified_radius, summary_metrics
 from .fa import FACertifiedAccuracy, default_fa_offsets, fa, fa_certified_accuracy, fa_from_votes, fa_improvement_stats
 from .roe import dpa_roe, dpa_star_logits, fa_roe, roe_predict
 from .bagging import (
@@ -33,6 +33,8 @@ __all__ = [
     "certified_accuracy",
     "certified_radius_or_minus_one",
     "median_certified_radius",
+    "mean_base_accuracy",
+    "summary_metrics",
     "FACertifiedAccuracy",
     "default_fa_offsets",
     "fa",

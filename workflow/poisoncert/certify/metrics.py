@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import PoisonCertError
 
-__all__ = ["certified_radius_or_minus_one", "certified_accuracy", "median_certified_radius"]
+__all__ = ["certified_radius_or_minus_one", "certified_accuracy", "median_certified_radius", "mean_base_accuracy", "summary_metrics"]
 
 
 def certified_radius_or_minus_one(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -42,7 +42,48 @@ def median_certified_radius(prediction: np.ndarray, radius: np.ndarray, labels: 
     """
     cert = certified_radius_or_minus_one(prediction, radius, labels)
     n = cert.size
+    if n == 0:
+        raise PoisonCertError("cannot compute the median certified radius of zero test samples")
     srt = np.sort(cert)[::-1]
     # the value at position ceil(n/2)-1 of the descending order: at least half the samples reach it
     v = int(srt[(n + 1) // 2 - 1])
     return None if v < 0 else v
+
+
+def mean_base_accuracy(counts: np.ndarray, labels: np.ndarray) -> float:
+    """Mean accuracy of the base models from their vote counts (n, C): the "base" column of DPA Table 1.
+
+    >>> mean_base_accuracy(np.array([[3, 1], [2, 2]]), np.array([0, 1]))
+    0.625
+    """
+    counts = np.asarray(counts)
+    labels = np.asarray(labels)
+    if counts.ndim != 2 or counts.shape[0] != labels.shape[0] or counts.shape[0] == 0:
+        raise PoisonCertError(f"vote counts must be (n_test, n_classes) with n_test = {labels.shape[0]} > 0, got {counts.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= counts.shape[1]):
+        raise PoisonCertError(f"labels must lie in [0, {counts.shape[1]})")
+    total = counts.sum(axis=1)
+    if np.any(total != total[0]) or total[0] == 0:
+        raise PoisonCertError("every test sample's vote counts must add up to the same, non-zero number of models")
+    return float(counts[np.arange(len(labels)), labels].sum() / (len(labels) * total[0]))
+
+
+def summary_metrics(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarray, radii) -> dict:
+    """Clean accuracy, median certified radius, certified accuracy at ``radii`` and the whole curve.
+
+    The curve runs from 0 to one past the largest certified radius (or the largest of ``radii``).
+
+    >>> m = summary_metrics(np.array([0, 1, 1]), np.array([2, 0, 5]), np.array([0, 1, 0]), [0, 1])
+    >>> m["clean_accuracy"], m["median_certified_radius"], m["certified_accuracy"]
+    (0.6666666666666666, 0, {'0': 0.6666666666666666, '1': 0.3333333333333333})
+    """
+    labels = np.asarray(labels)
+    certified = certified_radius_or_minus_one(prediction, radius, labels)
+    radii = [int(r) for r in radii]
+    curve_r = np.arange(int(max(certified.max(initial=0), max(radii, default=0))) + 2)
+    return {
+        "clean_accuracy": float((np.asarray(prediction) == labels).mean()),
+        "median_certified_radius": median_certified_radius(prediction, radius, labels),
+        "certified_accuracy": {str(r): float(a) for r, a in zip(radii, certified_accuracy(prediction, radius, labels, radii))},
+        "curve": {"radius": curve_r.tolist(), "certified_accuracy": certified_accuracy(prediction, radius, labels, curve_r).tolist()},
+    }

@@ -1,0 +1,466 @@
+"""One record per scheme, certificate, learner and dataset: the one place each meaning lives.
+
+Everything else reads these records: config validation (:mod:`poisoncert.config`), the certify
+stage and CLI (:mod:`poisoncert.stages.certify`), the report's labels (:mod:`poisoncert.report`),
+the poison-and-retrain check (:mod:`poisoncert.attack`) and the Snakemake target lists
+(``rules/common.smk``). Adding a scheme or a certificate is one record here plus its tests; a
+test (``tests/test_registry.py``) iterates over :data:`SCHEMES` so that no (scheme, certificate)
+pair goes without an end-to-end poison-and-retrain proof.
+
+**Threat footprint.** A scheme's record states what *one* poisoned training sample can reach.
+A deterministic certificate is sound for an ensemble only under that footprint, so each scheme
+lists the certificates valid for it and the *view* of the scores each is computed on:
+
+* ``models``: every base model is one voter (DPA, SS-DPA, FA, App. B);
+* ``partition_mean``: DPA* (ROE paper Section 4.1) averages the logits of the d seeds of each
+  partition, so the k partitions are the voters (``certify.dpa_star_logits``). One poison
+  reaches one partition, i.e. all d seeds of it: DPA on the k*d seed models as separate voters
+  would count it d times too few, which is unsound.
+
+A learner that sees every *unlabeled* training image (SS-DPA's label-free extractor) lets an
+inserted image reach every base model, so its ensembles are certified against label flips only
+(:func:`threat_unit`).
+
+>>> SCHEMES["dpa_star"].view("dpa")
+'partition_mean'
+>>> SCHEMES["fa"].view("dpa")
+Traceback (most recent call last):
+...
+poisoncert.errors.PoisonCertError: certificate 'dpa' is not sound for a 'fa' ensemble (one poison reaches the d base models spread from one split bucket); allowed: fa, fa_roe
+>>> SCHEMES["fa"].n_models(k=50, d=16)
+800
+>>> threat_unit("dpa", "rotnet")
+'label flips'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import certify
+from .errors import PoisonCertError
+
+__all__ = [
+    "INSERTIONS",
+    "LABEL_FLIPS",
+    "DEFAULT_SCHEME",
+    "Scheme",
+    "CertificateRecord",
+    "Learner",
+    "DatasetRecord",
+    "SCHEMES",
+    "CERTIFICATES",
+    "LEARNERS",
+    "DATASETS",
+    "scheme",
+    "certificate",
+    "dataset",
+    "threat_unit",
+    "ensemble_threat",
+    "compute",
+    "predict",
+    "learner",
+    "deterministic_pairs",
+    "scores_view",
+]
+
+INSERTIONS = "insertions+deletions"
+LABEL_FLIPS = "label flips"
+#: The threat model of a scores file that names no scheme: one base model per poisoned sample.
+DEFAULT_SCHEME = "dpa"
+
+
+# ---------------------------------------------------------------------------------------------- certificates
+
+
+def _need(meta: Mapping[str, Any], keys: tuple[str, ...], flags: Mapping[str, str]) -> list[Any]:
+    missing = [k for k in keys if meta.get(k) is None]
+    if missing:
+        how = [flags[k] for k in missing if k in flags]
+        hint = f" (or on the command line: {', '.join(how)})" if how else ""
+        raise PoisonCertError(f"this certificate needs {', '.join(missing)} in the scores metadata{hint}")
+    return [meta[k] for k in keys]
+
+
+#: Metadata key -> the ``poisoncert certify`` flag that supplies it.
+FLAGS: dict[str, str] = {
+    "k": "--k",
+    "d": "--d",
+    "offsets": "--offsets",
+    "train_size": "--train-size",
+    "subsample_size": "--subsample-size",
+    "alpha": "--alpha",
+    "poisoning_model": "--poisoning-model",
+    "n_clean": "--clean-size",
+    "scheme": "--scheme",
+}
+
+
+def _meta_value(meta: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A value from the scores metadata, else from the recorded experiment config, else ``default``."""
+    if meta.get(key) is not None:
+        return meta[key]
+    value = (meta.get("experiment") or {}).get(key)
+    return default if value is None else value
+
+
+def _cert_dpa(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    return certify.dpa(scores)
+
+
+def _cert_dpa_roe(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    return certify.dpa_roe(scores)
+
+
+def _cert_fa(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
+    return certify.fa(scores, k, d, offsets or None)
+
+
+def _cert_fa_roe(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
+    return certify.fa_roe(scores, k, d, offsets or None)
+
+
+def _fa_statistics(scores: np.ndarray, labels: np.ndarray, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """FA Table 2 (Pr[r up], delta r over the DPA-style bound on the same kd models) and Table 3
+    (distributional certified accuracy under one poison, FA Theorem 4 / App. D)."""
+    k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
+    stats = certify.fa_improvement_stats(scores, k, d, offsets or None, labels)
+    dist = certify.fa_certified_accuracy(scores, labels, k, d, offsets or None, attack_size=1)
+    return {
+        "pr_radius_up": stats["pr_up"],
+        "mean_radius_increase": stats["delta_r"],
+        "certified_accuracy_distributional": {"1": dist.accuracy},
+    }
+
+
+def _selection_sizes(scores: np.ndarray, meta: Mapping[str, Any]) -> tuple[np.ndarray, int, int, float]:
+    counts = certify.vote_counts(certify.votes(scores), scores.shape[2])
+    (train_size,) = _need(meta, ("train_size",), FLAGS)
+    subsample = meta.get("subsample_size") or _need(meta, ("k",), {"k": "--k or --subsample-size"})[0]
+    return counts, int(train_size), int(subsample), float(_meta_value(meta, "alpha", 0.001))
+
+
+def _cert_bagging(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    if int(meta.get("n_clean") or 0):
+        raise PoisonCertError(
+            f"Jia's bagging certificate has no known-clean part, but this ensemble has {meta['n_clean']} known-clean samples "
+            "in every selection; use --certificate random_selection (Chen et al.), which counts them"
+        )
+    counts, n, k, alpha = _selection_sizes(scores, meta)
+    return certify.bagging(counts, n, k, alpha)
+
+
+def _cert_random_selection(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    counts, n, k, alpha = _selection_sizes(scores, meta)
+    (name,) = _need(meta, ("scheme",), FLAGS)
+    model = _meta_value(meta, "poisoning_model", "P6")
+    return certify.random_selection(counts, name, n, k, alpha, model, clean_size=int(meta.get("n_clean") or 0))
+
+
+def _cert_binary_kmeans(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    (fit,) = _need(meta, ("binary_kmeans",), FLAGS)
+    try:
+        tc, y, xc = (np.asarray(fit[key], dtype=np.int64) for key in ("train_clusters", "train_labels", "test_clusters"))
+    except (KeyError, TypeError, ValueError):
+        raise PoisonCertError("the binary_kmeans metadata must hold train_clusters, train_labels and test_clusters (integer lists)") from None
+    if scores.shape[:2] != (len(xc), len(y)) or scores.shape[2] != 2:
+        raise PoisonCertError(
+            f"scores of shape {scores.shape} do not belong to the stored 2-means fit ({len(xc)} test samples, {len(y)} base classifiers, 2 classes)"
+        )
+    cert = certify.binary_kmeans(tc, y, xc)
+    if not np.array_equal(certify.vote_counts(certify.votes(scores), 2), cert.detail["counts"]):
+        raise PoisonCertError("the votes in these scores disagree with the stored 2-means cluster assignments; the scores file was altered")
+    return cert
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A certificate: how it is computed from (a view of) the scores, and how it is shown.
+
+    ``compute(scores, meta)`` runs on the view of the scores that the ensemble's scheme names
+    (:meth:`Scheme.view`); ``needs`` are the metadata keys it reads; ``unit`` is fixed for the
+    stochastic certificates and ``None`` for the deterministic ones, whose unit is the
+    ensemble's threat unit (:func:`threat_unit`); ``baseline`` is the certificate of plain DPA
+    voting on the same ensemble, for the improvement figures; ``statistics`` adds a paper's
+    extra numbers to the summary.
+    """
+
+    name: str
+    label: str
+    paper: str
+    compute: Callable[[np.ndarray, Mapping[str, Any]], certify.Certificate]
+    needs: tuple[str, ...] = ()
+    unit: str | None = None
+    aggregation: str = "plurality"
+    baseline: str | None = None
+    statistics: Callable[[np.ndarray, np.ndarray, Mapping[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        return self.unit is None
+
+
+CERTIFICATES: dict[str, CertificateRecord] = {
+    c.name: c
+    for c in (
+        CertificateRecord("dpa", "DPA", "000, Theorem 1 (Theorem 2 for sorted partitions)", _cert_dpa),
+        CertificateRecord("fa", "FA", "001, Theorem 2", _cert_fa, needs=("k", "d", "offsets"), statistics=_fa_statistics),
+        CertificateRecord("dpa_roe", "DPA+ROE", "003, Theorem 3.4, Lemmas 3.5-3.6", _cert_dpa_roe, aggregation="roe", baseline="dpa"),
+        CertificateRecord("fa_roe", "FA+ROE", "003, Theorem 3.4, Lemmas 3.7-3.8", _cert_fa_roe, needs=("k", "d", "offsets"), aggregation="roe"),
+        CertificateRecord("dpa_star_roe", "DPA*+ROE", "003, Section 4.1 and Theorem 3.4", _cert_dpa_roe, aggregation="roe", baseline="dpa"),
+        CertificateRecord(
+            "bagging", "bagging (Jia)", "002, Theorem 1 with SimuEM (eqs. 5-6)", _cert_bagging,
+            needs=("train_size", "k"), unit="modified+deleted+inserted (Jia B(D, r))",
+        ),
+        CertificateRecord(
+            "random_selection", "random selection (Chen)", "004, Theorem 1, Corollaries 1-3", _cert_random_selection,
+            needs=("train_size", "k", "scheme"), unit="poisoned samples (Chen poisoning model)",
+        ),
+        CertificateRecord("binary_kmeans", "App. B 2-means", "000, Appendix B (closed form)", _cert_binary_kmeans, needs=("binary_kmeans",)),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- schemes
+
+
+def _view_models(scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    return scores
+
+
+def _view_partition_mean(scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    k, d = _need(meta, ("k", "d"), FLAGS)
+    return certify.dpa_star_logits(scores, int(k), int(d))
+
+
+#: View name -> function(scores, meta) -> the voters' logits the certificate reads.
+VIEWS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
+    "models": _view_models,
+    "partition_mean": _view_partition_mean,
+}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A partition or selection scheme: what it trains, and what one poisoned sample can reach.
+
+    ``certificates`` maps each certificate valid under the footprint to the view of the scores it
+    is computed on (the first is the scheme's default). ``models`` says how many base models the
+    scheme makes: ``"k"``, ``"kd"`` or ``"T"`` (the ``n_models`` random selections). ``attack``
+    is how the poison-and-retrain check attacks it within a radius (``"insert"`` near-copies of
+    the target, ``"flip"`` labels), ``None`` for the stochastic schemes.
+    """
+
+    name: str
+    label: str
+    paper: str
+    footprint: str
+    unit: str
+    certificates: Mapping[str, str]
+    models: str
+    uses_d: bool = False
+    trains: bool = True
+    attack: str | None = None
+
+    @property
+    def selection(self) -> bool:
+        return self.models == "T"
+
+    @property
+    def default_certificate(self) -> str:
+        return next(iter(self.certificates))
+
+    def n_models(self, k: int, d: int = 1, t: int | None = None) -> int:
+        """Number of base models, known from the config alone (``t`` = T for random selection)."""
+        if self.models == "k":
+            return int(k)
+        if self.models == "kd":
+            return int(k) * int(d)
+        if t is None or int(t) < 1:
+            raise PoisonCertError(f"scheme '{self.name}' needs the number of base models T >= 1 (n_models), got {t}")
+        return int(t)
+
+    def view(self, certificate_name: str) -> str:
+        """The view a certificate is computed on; refuses a certificate this footprint does not support."""
+        certificate(certificate_name)
+        if certificate_name not in self.certificates:
+            raise PoisonCertError(
+                f"certificate '{certificate_name}' is not sound for a '{self.name}' ensemble ({self.footprint}); "
+                f"allowed: {', '.join(self.certificates)}"
+            )
+        return self.certificates[certificate_name]
+
+
+_SELECTION_FOOTPRINT = "one poison is one sample in each random selection that drew it"
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("dpa", "DPA", "000, eq. 1 and Theorem 1", "one poison reaches one partition", INSERTIONS,
+               {"dpa": "models", "dpa_roe": "models"}, "k", attack="insert"),
+        Scheme("ssdpa", "SS-DPA", "000, eq. 7 and Theorem 2", "one label flip reaches one sorted partition", LABEL_FLIPS,
+               {"dpa": "models"}, "k", attack="flip"),
+        Scheme("fa", "FA", "001, Definition 1 and Theorem 2", "one poison reaches the d base models spread from one split bucket", INSERTIONS,
+               {"fa": "models", "fa_roe": "models"}, "kd", uses_d=True, attack="insert"),
+        Scheme("dpa_star", "DPA*", "003, Section 4.1", "one poison reaches one partition, i.e. all d seeds trained on it", INSERTIONS,
+               {"dpa_star_roe": "partition_mean", "dpa": "partition_mean"}, "kd", uses_d=True, attack="insert"),
+        Scheme("bagging", "bagging, with replacement", "002, Section 3; 004, eq. 8", _SELECTION_FOOTPRINT, INSERTIONS,
+               {"bagging": "models", "random_selection": "models"}, "T"),
+        Scheme("bagging_wor", "bagging, without replacement", "004, eq. 7", _SELECTION_FOOTPRINT, INSERTIONS,
+               {"random_selection": "models"}, "T"),
+        Scheme("binomial", "binomial selection", "004, eq. 9", _SELECTION_FOOTPRINT, INSERTIONS,
+               {"random_selection": "models"}, "T"),
+        Scheme("binary_kmeans", "App. B 2-means", "000, Appendix B", "one label flip reaches the one base classifier that owns the sample",
+               LABEL_FLIPS, {"binary_kmeans": "models", "dpa": "models"}, "k", trains=False, attack="flip"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- learners
+
+
+@dataclass(frozen=True)
+class Learner:
+    """A base learner. ``sees_unlabeled_train``: it is fitted on every training image without labels
+    (SS-DPA's extractor), so an inserted image reaches every base model: label flips only."""
+
+    name: str
+    paper: str
+    schemes: tuple[str, ...]
+    sees_unlabeled_train: bool = False
+
+
+LEARNERS: dict[str, Learner] = {
+    lr.name: lr
+    for lr in (
+        Learner("supervised", "the papers' networks, trained on the base model's own labelled set",
+                ("dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial")),
+        Learner("rotnet", "000, Section 2.3.1: label-free RotNet extractor on all unlabeled images + a head per partition",
+                ("ssdpa", "dpa"), sees_unlabeled_train=True),
+        Learner("binary_kmeans", "000, Appendix B: 2-means on all unlabeled images + one labelled sample per base classifier",
+                ("binary_kmeans",), sees_unlabeled_train=True),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset: its loader in :mod:`poisoncert.data`, sizes, classes and image shape (C, H, W)."""
+
+    name: str
+    loader: str
+    n_train: int
+    n_test: int
+    n_classes: int
+    image_shape: tuple[int, int, int]
+    source: str
+    embedded: bool = False
+    files: tuple[str, ...] = field(default=())
+
+
+DATASETS: dict[str, DatasetRecord] = {
+    r.name: r
+    for r in (
+        DatasetRecord("digits", "_digits", 1438, 359, 10, (1, 8, 8), "scikit-learn's bundled 8x8 digits, split 80/20", embedded=True),
+        DatasetRecord("digits17", "_digits17", 289, 72, 2, (1, 8, 8), "the 1s and 7s of digits (labels 0/1)", embedded=True),
+        DatasetRecord("mnist", "_mnist", 60000, 10000, 10, (1, 28, 28), "torchvision MNIST"),
+        DatasetRecord("mnist17", "_mnist17", 13007, 2163, 2, (1, 28, 28), "the 1s and 7s of MNIST (DPA App. B)"),
+        DatasetRecord("cifar10", "_cifar10", 50000, 10000, 10, (3, 32, 32), "torchvision CIFAR-10"),
+        DatasetRecord("gtsrb", "_gtsrb", 26640, 12630, 43, (3, 32, 32), "torchvision GTSRB, resized to 32x32"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------- look-ups
+
+
+def _lookup(table: Mapping[str, Any], name: Any, what: str) -> Any:
+    if not isinstance(name, str) or name not in table:
+        raise PoisonCertError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    return table[name]
+
+
+def scheme(name: Any) -> Scheme:
+    """The scheme record ``name`` (one-line error naming the known ones)."""
+    return _lookup(SCHEMES, name, "scheme")
+
+
+def certificate(name: Any) -> CertificateRecord:
+    """The certificate record ``name``."""
+    return _lookup(CERTIFICATES, name, "certificate")
+
+
+def dataset(name: Any) -> DatasetRecord:
+    """The dataset record ``name``."""
+    return _lookup(DATASETS, name, "dataset")
+
+
+def learner(name: Any) -> Learner:
+    """The learner record ``name``."""
+    return _lookup(LEARNERS, name, "learner")
+
+
+def threat_unit(scheme_name: str, learner_name: str = "supervised") -> str:
+    """The unit of a deterministic certificate on this ensemble: the scheme's, or label flips when
+    the learner sees the unlabeled training images (an insertion would reach every model)."""
+    s, lr = scheme(scheme_name), learner(learner_name)
+    return LABEL_FLIPS if lr.sees_unlabeled_train else s.unit
+
+
+def ensemble_threat(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The threat model a scores file is certified under: its scheme and learner, or the default.
+
+    A file whose metadata names no scheme gets :data:`DEFAULT_SCHEME` (one base model per
+    poisoned sample) and ``assumed: True``; the certificate summary records this dict.
+    """
+    name = meta.get("scheme")
+    assumed = name is None
+    s = scheme(DEFAULT_SCHEME if assumed else name)
+    lname = meta.get("learner") or (meta.get("experiment") or {}).get("learner") or ("binary_kmeans" if s.name == "binary_kmeans" else "supervised")
+    lr = learner(lname)
+    if s.name not in lr.schemes:
+        raise PoisonCertError(f"learner '{lr.name}' does not build '{s.name}' ensembles (it builds {', '.join(lr.schemes)})")
+    return {"scheme": s.name, "learner": lr.name, "footprint": s.footprint, "unit": threat_unit(s.name, lr.name), "assumed": assumed}
+
+
+def deterministic_pairs() -> list[tuple[str, str]]:
+    """Every (scheme, certificate) pair with a deterministic certificate: each needs a poison-and-retrain proof."""
+    return [(s.name, c) for s in SCHEMES.values() for c in s.certificates if CERTIFICATES[c].deterministic]
+
+
+def scores_view(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """The voters' logits ``certificate_name`` reads on a ``scheme_name`` ensemble (refuses unsound pairs)."""
+    return VIEWS[scheme(scheme_name).view(certificate_name)](scores, meta)
+
+
+def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any], learner_name: str = "supervised") -> certify.Certificate:
+    """Certificate ``certificate_name`` of a ``scheme_name`` ensemble, under its threat footprint and unit.
+
+    The one place a certificate meets an ensemble: the certify stage, the poison-and-retrain
+    check and the tests all call it.
+
+    >>> s = np.zeros((1, 4, 3), np.float32); s[..., 0] = 1      # k=2, d=2: 4 seed models vote 0
+    >>> int(compute("dpa_star", "dpa", s, {"k": 2, "d": 2}).radius[0])   # 2 partitions, not 4 voters
+    1
+    """
+    rec = certificate(certificate_name)
+    view = scores_view(scheme_name, certificate_name, scores, meta)
+    cert = rec.compute(view, meta)
+    return replace(cert, unit=rec.unit or threat_unit(scheme_name, learner_name))
+
+
+def predict(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """The ensemble's prediction that ``certificate_name`` certifies: its aggregation rule on its view."""
+    rec = certificate(certificate_name)
+    view = scores_view(scheme_name, certificate_name, scores, meta)
+    if rec.aggregation == "roe":
+        return certify.roe_predict(view)[0]
+    return certify.plurality(certify.vote_counts(certify.votes(view), view.shape[2]))

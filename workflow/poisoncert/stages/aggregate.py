@@ -1,0 +1,84 @@
+"""``poisoncert aggregate`` (rule ``aggregate``): every shard's logits into one scores file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from ..data import load_npz, read_dataset
+from ..errors import PoisonCertError
+from ..partition import read_partitions
+from ..scores import write_scores
+from ._common import json_object
+
+HELP = "gather shard logits into the scores file"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-file", required=True)
+    p.add_argument("--partitions", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--experiment", type=json_object, default={}, help="JSON of the experiment's config (recorded)")
+    p.add_argument("shards", nargs="+")
+
+
+def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], out: str, experiment: dict[str, Any]) -> None:
+    """Gather every shard's logits into the scores file, checking that nothing is missing or stale.
+
+    Every shard must have been trained by the same runtime (torch build, device, threads, engine
+    settings): a model's bits depend on it, so a mixture is refused, and the scores metadata
+    records the one runtime all shards share.
+    """
+    ds = read_dataset(dataset_file)
+    parts, pmeta = read_partitions(partitions_file)
+    n = parts.n_models
+    scores = np.empty((len(ds.test_labels), n, ds.n_classes), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    first: dict[str, Any] | None = None
+    for f in shard_files:
+        z = load_npz(f, "logits", ("logits", "meta"))
+        m = json.loads(str(z["meta"]))
+        if m["dataset_hash"] != pmeta["dataset_hash"]:
+            raise PoisonCertError(f"{f} was trained on other data; delete it and rerun")
+        a, b = m["models"]
+        if z["logits"].shape != (b - a, len(ds.test_labels), ds.n_classes):
+            raise PoisonCertError(f"{f} holds logits of shape {z['logits'].shape}, expected {(b - a, len(ds.test_labels), ds.n_classes)}; delete it and rerun")
+        if list(m["seeds"]) != [int(s) for s in parts.seeds[a:b]]:
+            raise PoisonCertError(f"{f} was trained with other seeds than {partitions_file} says; delete it and rerun")
+        if first is None:
+            first = {**m, "file": f}
+        elif (m.get("runtime"), m.get("train")) != (first.get("runtime"), first.get("train")):
+            raise PoisonCertError(
+                f"{f} was trained by another runtime or training configuration than {first['file']} "
+                f"({m.get('runtime')} vs {first.get('runtime')}); delete the stale shards and rerun"
+            )
+        scores[:, a:b] = np.transpose(z["logits"], (1, 0, 2))
+        seen[a:b] = True
+    if not seen.all():
+        raise PoisonCertError(f"models {np.flatnonzero(~seen)[:10].tolist()}... have no logits among the {len(shard_files)} shard files")
+    assert first is not None
+    meta = {
+        **parts.meta(),
+        "seeds": parts.seeds.tolist(),
+        "dataset": ds.name,
+        "dataset_hash": pmeta["dataset_hash"],
+        "n_classes": ds.n_classes,
+        "learner": experiment.get("learner", "supervised"),
+        "partition_sizes": parts.sizes().tolist(),
+        "shard_size": first["shard_size"],
+        "device": first["device"],
+        "threads": first["threads"],
+        "torch": first["torch"],
+        "train": first["train"],
+        "runtime": first.get("runtime"),
+        "experiment": experiment,
+    }
+    write_scores(out, scores, ds.test_labels, meta)
+    print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
+
+
+def main(args: argparse.Namespace) -> None:
+    aggregate(args.dataset_file, args.partitions, args.shards, args.out, args.experiment)

@@ -1,0 +1,51 @@
+"""``poisoncert extractor`` (rule ``extractor``): SS-DPA's label-free feature extractor."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..data import atomic_file, read_dataset
+from ..errors import PoisonCertError
+from ._common import json_object
+
+HELP = "train the SS-DPA label-free feature extractor"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", type=json_object, default={}, help="JSON of ExtractorConfig fields")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str = "auto") -> None:
+    """Train the SS-DPA feature extractor once on all unlabeled training images (no labels read)."""
+    import torch
+
+    from ..semisup import ExtractorConfig, train_extractor
+
+    ds = read_dataset(dataset_file)
+    try:
+        cfg = ExtractorConfig(**config)
+    except TypeError as exc:
+        raise PoisonCertError(f"bad extractor configuration: {exc}") from None
+    state = train_extractor(ds.train_images, cfg, device=device)
+    state["dataset_hash"] = ds.meta()["content_hash"]
+    with atomic_file(out) as tmp:
+        torch.save(state, tmp)
+    print(f"extractor trained on {state['n_images']} unique unlabeled images: {state['n_features']} features")
+
+
+def read_extractor(path: str) -> dict[str, Any]:
+    """Read an extractor file written by :func:`extractor`."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign file
+        raise PoisonCertError(f"extractor file {path} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
+
+
+def main(args: argparse.Namespace) -> None:
+    extractor(args.dataset_file, args.out, args.config, args.device)

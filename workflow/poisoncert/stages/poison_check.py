@@ -1,0 +1,86 @@
+"""``poisoncert poison-check`` (rule ``poison_check``): attack certified samples within their radius, retrain, confirm."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from .. import registry
+from ..data import Dataset, atomic_write_text, read_dataset
+from ..errors import PoisonCertError
+from ..scores import read_scores
+
+HELP = "attack certified samples within their radius, retrain, confirm they hold"
+
+COLUMNS = ["certificate", "sample", "label", "prediction", "radius", "target_class", "n_poisons", "models_changed", "votes_to_target", "new_prediction", "held"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-file", required=True)
+    p.add_argument("scores")
+    p.add_argument("--targets", type=int, default=3, help="number of certified test samples to attack per certificate")
+    p.add_argument("--certificates", default=None, help="comma-separated certificates to check (default: the scheme's own)")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-json", required=True)
+
+
+def learner_for(ds: Dataset, meta: dict[str, Any]):
+    """The retrain function of the ensemble's learner, exactly as the workflow ran it."""
+    threat = registry.ensemble_threat(meta)
+    if threat["learner"] == "binary_kmeans":
+        from .kmeans_scores import kmeans_learner
+
+        return kmeans_learner(ds.train_images, ds.test_images)[0]
+    if threat["learner"] != "supervised" or (meta.get("experiment") or {}).get("two_phase"):
+        raise PoisonCertError(f"the poison check retrains supervised and App. B base models, not learner '{threat['learner']}'")
+    import torch
+
+    from ..train import TrainConfig, train_shard
+
+    if "train" not in meta or "device" not in meta:
+        raise PoisonCertError("these scores do not record how their base models were trained (train, device); the poison check needs a workflow scores file")
+    cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["train"].items()})
+    device = "cpu" if meta["device"] == "cpu" else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError("these scores were trained on a GPU; run the poison check where one is visible")
+
+    def retrain_fn(train_sets, seeds):
+        return train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=device, progress=False)
+
+    return retrain_fn
+
+
+def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json: str, n_targets: int = 3, certificates: list[str] | None = None) -> dict[str, Any]:
+    """Attack certified test samples with as many poisons as each certificate allows, retrain, check."""
+    import pandas as pd
+
+    from ..attack import poison_check
+
+    ds = read_dataset(dataset_file)
+    scores, labels, meta = read_scores(scores_file)
+    if meta.get("dataset_hash") != ds.meta()["content_hash"]:
+        raise PoisonCertError(f"{scores_file} was made from other data than {dataset_file}")
+    retrain_fn = learner_for(ds, meta)
+    names = certificates or [registry.scheme(registry.ensemble_threat(meta)["scheme"]).default_certificate]
+    outcomes = [o for name in names for o in poison_check(ds, scores, meta, retrain_fn, n_targets, certificate=name)]
+    table = pd.DataFrame([{**dataclasses.asdict(o), "held": o.held} for o in outcomes], columns=COLUMNS)
+    print(table.to_string(index=False))
+    broken = [o for o in outcomes if not o.held]
+    if broken:
+        raise PoisonCertError(
+            f"{len(broken)} of {len(outcomes)} certified predictions were flipped by an attack within their certificate "
+            f"({', '.join(f'{o.certificate} sample {o.sample}' for o in broken[:5])}): the certificate or the training determinism is broken"
+        )
+    summary = {"scores_file": str(scores_file), "certificates": names, "attacked": len(outcomes), "held": len(outcomes),
+               "total_poisons": int(table["n_poisons"].sum()) if len(table) else 0}
+    atomic_write_text(out_csv, table.to_csv(index=False))
+    atomic_write_text(out_json, json.dumps(summary, indent=1))
+    print(f"poison check: {summary['held']} of {summary['attacked']} attacked certified predictions held ({', '.join(names)})")
+    return summary
+
+
+def main(args: argparse.Namespace) -> None:
+    certs = [c for c in args.certificates.split(",") if c] if args.certificates else None
+    run_poison_check(args.dataset_file, args.scores, args.out_csv, args.out_json, args.targets, certs)
