@@ -9,6 +9,12 @@ min_version("9.0")
 
 # config.yaml is the default experiment; a --configfile on the command line replaces it (not merged).
 if not workflow.overwrite_configfiles:
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/workflow")
+    from poisoncert.config import check_yaml_or_exit
+
+    check_yaml_or_exit("config.yaml")  # a syntax error: one line with file, line and column
 
     configfile: "config.yaml"
 

@@ -24,6 +24,7 @@ config.update(_validated)
 
 ENSEMBLES = ensembles(config)
 PYTHON = sys.executable  # the interpreter running snakemake, which has poisoncert's dependencies
+DEVICE = config["device"]  # passed to the jobs as it is; the rerun trigger is train_runtime()
 
 
 wildcard_constraints:
@@ -42,6 +43,40 @@ wildcard_constraints:
 _KMEANS_NAMES = "|".join(re.escape(n) for n, e in config["experiments"].items() if not registry.scheme(e["scheme"]).trains)
 KMEANS_EXP = f"(?:{_KMEANS_NAMES})" if _KMEANS_NAMES else "(?!)"  # (?!) matches nothing
 TRAINED_EXP = (f"(?!(?:{_KMEANS_NAMES})/)" if _KMEANS_NAMES else "") + "[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+def _torch_version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _device_kind():
+    """The device 'auto' resolves to, probed without importing torch (for the rerun trigger only)."""
+    if config["device"] != "auto":
+        return config["device"]
+    return "cuda" if os.path.exists("/dev/nvidiactl") else "cpu"
+
+
+TRAIN_RUNTIME = {"threads": config["train_threads"], "device": _device_kind(), "torch": _torch_version()}
+
+
+def train_runtime():
+    """What besides data, partition, seed and training config can change a model's bits (a rule
+    param, so a change reruns the training): CPU threads, device kind and torch build. The train
+    job records the runtime it really used; aggregate refuses shards of different runtimes."""
+    return TRAIN_RUNTIME
+
+
+def prepare_args(wildcards):
+    """Only what can change dataset {dataset}: the embedded datasets read no files (root, download)
+    and the torchvision ones have official splits (split_seed), so neither reruns the other."""
+    if registry.dataset(wildcards.dataset).embedded:
+        return f"--seed {config['split_seed']}"
+    return f"--root {config['data_root']}" + (" --download" if config["download"] else "")
 
 
 def experiment(wildcards):

@@ -18,12 +18,9 @@ rule prepare:
     log:
         "results/logs/prepare/{dataset}.log",
     params:
-        root=config["data_root"],
-        download="--download" if config["download"] else "",
-        seed=config["split_seed"],
+        args=prepare_args,
     shell:
-        "{PYTHON} -m poisoncert prepare --dataset {wildcards.dataset} --out {output} "
-        "--root {params.root} {params.download} --seed {params.seed} > {log} 2>&1"
+        "{PYTHON} -m poisoncert prepare --dataset {wildcards.dataset} --out {output} {params.args} > {log} 2>&1"
 
 
 rule partition:

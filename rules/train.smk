@@ -13,10 +13,10 @@ rule extractor:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
         cfg=lambda wc: json.dumps(experiment(wc)["extractor"]),
-        device=config["device"],
+        runtime=train_runtime(),
     shell:
         "{PYTHON} -m poisoncert extractor --dataset-file {input} --out {output} --config '{params.cfg}' "
-        "--device {params.device} > {log} 2>&1"
+        "--device {DEVICE} > {log} 2>&1"
 
 
 rule phase2:
@@ -36,10 +36,10 @@ rule phase2:
         clean=lambda wc: ",".join(map(str, experiment(wc)["clean_classes"])),
         train=lambda wc: json.dumps(experiment(wc)["train"]),
         seed=lambda wc: experiment(wc)["seed_base"],
-        device=config["device"],
+        runtime=train_runtime(),
     shell:
         "{PYTHON} -m poisoncert phase2 --dataset-file {input} --out {output} --clean-classes {params.clean} "
-        "--train-config '{params.train}' --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--train-config '{params.train}' --seed {params.seed} --device {DEVICE} --threads {threads} > {log} 2>&1"
 
 
 rule train:
@@ -60,13 +60,13 @@ rule train:
     params:
         train=lambda wc: json.dumps(experiment(wc)["train"]),
         shard_size=config["shard_size"],
-        device=config["device"],
+        runtime=train_runtime(),
         extractor=lambda wc, input: f"--extractor {input.extractor}" if "extractor" in input.keys() else "",
         phase2=lambda wc, input: f"--phase2 {input.phase2}" if "phase2" in input.keys() else "",
     shell:
         "{PYTHON} -m poisoncert train --dataset-file {input.data} --partitions {input.partitions} --out {output} "
         "--shard {wildcards.shard} --shard-size {params.shard_size} --train-config '{params.train}' "
-        "--device {params.device} --threads {threads} {params.extractor} {params.phase2} > {log} 2>&1"
+        "--device {DEVICE} --threads {threads} {params.extractor} {params.phase2} > {log} 2>&1"
 
 
 rule aggregate:

@@ -78,7 +78,7 @@ def test_two_phase_config():
         (_exp(scheme="dpa", certificates=["dpa"]), r"experiments\.t\.two_phase: .*random-selection scheme"),
         (_exp(clean_count=5), r"experiments\.t\.two_phase: needs clean_count: 0"),
         (_exp(clean_classes=list(range(10))), r"experiments\.t\.clean_classes: with two_phase .*leave at least one"),
-        (_exp(clean_classes=[12]), r"experiments\.t\.clean_classes: with two_phase they must be classes of digits \(0\.\.9\)"),
+        (_exp(clean_classes=[12]), r"experiments\.t\.clean_classes: \[12\] are not classes of digits \(0\.\.9\)"),
         (_exp(two_phase="yes"), r"experiments\.t\.two_phase: 'yes' is not of type 'boolean'"),
     ],
 )

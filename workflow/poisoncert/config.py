@@ -38,7 +38,18 @@ def _with_defaults(cls):
     return validators.extend(cls, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(Draft202012Validator)
+def _strict_integer(checker, instance) -> bool:
+    """JSON Schema counts 5.0 as an integer; the workflow would then build paths like k5.0. Refuse it."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = validators.extend(
+    _with_defaults(Draft202012Validator),
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+#: Folder names results/ uses itself: an experiment of one of these names would collide with them.
+RESERVED_NAMES = ("compare", "data", "logs", "benchmarks", "figures", "paper_tables")
 
 
 def _path(error) -> str:
@@ -55,6 +66,10 @@ def _message(error) -> str:
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         return f"config key {key}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if error.validator == "uniqueItems":
+        return f"config key {key}: {error.instance!r} has repeated values; list each value once"
+    if error.validator == "type" and "integer" in (error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]) and isinstance(error.instance, float):
+        return f"config key {key}: {error.instance!r} must be a whole number written without a decimal point (e.g. {int(error.instance) if error.instance.is_integer() else round(error.instance)})"
     if error.validator == "enum":
         return f"config key {key}: {error.instance!r} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
     if "propertyNames" in error.schema_path:
@@ -83,7 +98,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if t not in tables:
             raise PoisonCertError(f"config key paper_tables: no transcribed table '{t}'; choose from {', '.join(tables) or '(none yet)'}")
     for name, exp in cfg["experiments"].items():
+        if name in RESERVED_NAMES:
+            raise PoisonCertError(f"config key experiments.{name}: '{name}' is a folder results/ uses itself ({', '.join(RESERVED_NAMES)}); rename the experiment")
         scheme = exp["scheme"]
+        n_classes = registry.dataset(exp["dataset"]).n_classes
+        bad_classes = [c for c in exp["clean_classes"] if c >= n_classes]
+        if bad_classes:
+            raise PoisonCertError(f"config key experiments.{name}.clean_classes: {bad_classes} are not classes of {exp['dataset']} (0..{n_classes - 1})")
         if scheme == "binary_kmeans":
             # DPA App. B: one labelled sample per base classifier, so k = m (the training-set size)
             m = registry.dataset(exp["dataset"]).n_train
@@ -134,12 +155,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 )
             if exp["clean_count"] or exp["learner"] != "supervised":
                 raise PoisonCertError(f"config key experiments.{name}.two_phase: needs clean_count: 0 (case 3 only) and learner: supervised")
-            n_classes = registry.dataset(exp["dataset"]).n_classes
-            if clean[-1] >= n_classes or len(clean) >= n_classes:
-                raise PoisonCertError(
-                    f"config key experiments.{name}.clean_classes: with two_phase they must be classes of {exp['dataset']} (0..{n_classes - 1}) "
-                    "and leave at least one potentially poisoned class"
-                )
+            if len(clean) >= n_classes:
+                raise PoisonCertError(f"config key experiments.{name}.clean_classes: with two_phase they must leave at least one potentially poisoned class")
         if scheme in SELECTION_SCHEMES:
             if exp["d"] != [1]:
                 raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1]")
@@ -171,13 +188,40 @@ def ensembles(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read and validate a YAML config file."""
+def yaml_error(path: str | Path, exc: yaml.YAMLError) -> PoisonCertError:
+    """One line naming the file, line and column of a YAML syntax error, and what is wrong there."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return PoisonCertError(f"config file {where}: not valid YAML ({what})")
+
+
+def read_config_file(path: str | Path) -> Any:
+    """Parse a YAML config file (one-line errors for a missing file or a syntax error)."""
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except FileNotFoundError:
         raise PoisonCertError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise PoisonCertError(f"config file {path} is a folder; give a YAML file") from None
     except yaml.YAMLError as exc:
-        raise PoisonCertError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return validate_config(raw or {})
+        raise yaml_error(path, exc) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file."""
+    raw = read_config_file(path)
+    return validate_config({} if raw is None else raw)
+
+
+def check_yaml_or_exit(path: str | Path) -> None:
+    """For the Snakefile: exit with one line if ``path`` is not valid YAML (before Snakemake's generic message)."""
+    import sys
+
+    if Path(path).exists():
+        try:
+            read_config_file(path)
+        except PoisonCertError as exc:
+            print(f"poisoncert: invalid config: {exc}", file=sys.stderr)
+            sys.exit(1)

@@ -160,10 +160,18 @@ def _digits17(root: Path, download: bool, seed: int) -> Dataset:
     return _digits(root, download, seed, digits=(1, 7), name="digits17")
 
 
-def _torchvision_error(name: str, root: Path, files: list[str], exc: Exception) -> PoisonCertError:
+def _torchvision_error(name: str, root: Path, files: list[str], exc: Exception, present: list[str] | None = None) -> PoisonCertError:
+    """One line for a torchvision dataset that could not be read: missing (where to put it) or,
+    when the files named in ``present`` all exist, corrupt (which to replace)."""
+    detail = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+    if present and all(Path(f).is_file() for f in present):
+        return PoisonCertError(
+            f"dataset '{name}' files under {root} exist but cannot be read ({detail}); they are corrupt or truncated: "
+            f"replace {', '.join(present)}"
+        )
     where = ", ".join(files)
     return PoisonCertError(
-        f"dataset '{name}' not found under {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        f"dataset '{name}' not found under {root} ({detail}); "
         f"put {where} there (or set data_root in the config), or set download: true on a machine with internet"
     )
 
@@ -183,13 +191,9 @@ def _mnist(root: Path, download: bool, seed: int, digits: tuple[int, ...] | None
     try:
         tr = datasets.MNIST(str(root), train=True, download=download)
         te = datasets.MNIST(str(root), train=False, download=download)
-    except Exception as exc:  # torchvision raises RuntimeError("Dataset not found...") or URLError
-        raise _torchvision_error(
-            name,
-            root,
-            [f"{root}/MNIST/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
-            exc,
-        ) from None
+    except Exception as exc:  # torchvision raises RuntimeError("Dataset not found..."), URLError, or fails on bad files
+        files = [f"{root}/MNIST/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+        raise _torchvision_error(name, root, files, exc, present=files) from None
     xtr, ytr = _images_to_nchw(tr.data.numpy()), tr.targets.numpy().astype(np.int64)
     xte, yte = _images_to_nchw(te.data.numpy()), te.targets.numpy().astype(np.int64)
     names = [str(i) for i in range(10)]

@@ -26,13 +26,22 @@ CERT_LABELS = {name: rec.label for name, rec in registry.CERTIFICATES.items()}
 SCHEME_LABELS = {name: rec.label.split(", ")[-1] for name, rec in registry.SCHEMES.items() if rec.selection}
 
 
+#: Keys every certificate summary (``poisoncert certify --out-json``) has.
+SUMMARY_KEYS = ("certificate", "unit", "n_models", "clean_accuracy", "mean_base_accuracy", "median_certified_radius", "certified_accuracy", "curve")
+
+
 def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
+    """Read certificate summaries, refusing a file that is not one with a line that names it."""
     out = []
     for p in paths:
         try:
-            out.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            summary = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PoisonCertError(f"certificate summary {p} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if missing:
+            raise PoisonCertError(f"{p} is not a certificate summary (no {', '.join(missing)}); pass the .json files that 'poisoncert certify' writes")
+        out.append(summary)
     return out
 
 

@@ -56,9 +56,20 @@ class Certificate:
             raise ValueError("prediction and radius must be 1-D arrays of one length")
 
 
+def as_array(value, name: str) -> np.ndarray:
+    """``np.asarray`` that turns ragged nested lists and non-numeric input into one clear line."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise PoisonCertError(f"{name} must be a rectangular array of numbers (ragged nested lists are not)") from None
+    if arr.dtype == object:
+        raise PoisonCertError(f"{name} must be a rectangular array of numbers, got Python objects")
+    return arr
+
+
 def check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
     """Validate a logits array of shape (n_test, n_models, n_classes); return it as an ndarray."""
-    arr = np.asarray(scores)
+    arr = as_array(scores, name)
     if arr.ndim != 3:
         raise PoisonCertError(
             f"{name} must have shape (n_test, n_models, n_classes), got shape {arr.shape}"
@@ -84,7 +95,7 @@ def check_counts(counts: np.ndarray, n_models: int | None = None, name: str = "c
 
     If ``n_models`` is given, every row must sum to it.
     """
-    arr = np.asarray(counts)
+    arr = as_array(counts, name)
     if arr.ndim != 2 or min(arr.shape) < 1:
         raise PoisonCertError(f"{name} must have shape (n_test, n_classes), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -107,6 +118,8 @@ def check_counts(counts: np.ndarray, n_models: int | None = None, name: str = "c
 
 def check_alpha(alpha: float) -> float:
     """Validate a confidence level parameter: 0 < alpha < 1."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise PoisonCertError(f"alpha must be a number strictly between 0 and 1 (e.g. 0.001), got {alpha!r}")
     a = float(alpha)
     if not (0.0 < a < 1.0) or not np.isfinite(a):
         raise PoisonCertError(f"alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha}")

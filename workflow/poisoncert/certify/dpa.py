@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import PoisonCertError
 from ._common import Certificate, argmax_votes, check_counts, check_scores, plurality, vote_counts
 
 __all__ = ["dpa", "dpa_from_counts", "gap_certificate", "certv1_dpa"]
@@ -49,8 +50,18 @@ def certv1_dpa(gap: np.ndarray) -> np.ndarray:
 
 
 def dpa_from_counts(counts: np.ndarray, unit: str = "insertions+deletions") -> Certificate:
-    """DPA Theorem 1 / SS-DPA Theorem 2 from (n_test, n_classes) vote counts."""
+    """DPA Theorem 1 / SS-DPA Theorem 2 from (n_test, n_classes) vote counts.
+
+    Every row must count the same, non-zero number of base-model votes.
+
+    >>> dpa_from_counts([[5, 1, 0]]).radius.tolist()
+    [2]
+    """
     counts = check_counts(counts)
+    totals = counts.sum(axis=1)
+    if totals[0] == 0 or np.any(totals != totals[0]):
+        i = int(np.flatnonzero((totals != totals[0]) | (totals == 0))[0]) if totals[0] else 0
+        raise PoisonCertError(f"counts row {i} sums to {int(totals[i])} votes, row 0 to {int(totals[0])}; every row must count the same, non-zero number of models")
     pred, runner, gap = gap_certificate(counts)
     radius = certv1_dpa(gap + 1)  # = floor(gap / 2), Theorem 1
     return Certificate(pred, radius.astype(np.int64), unit=unit, detail={"runner_up": runner, "gap": gap})

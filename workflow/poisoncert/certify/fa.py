@@ -36,6 +36,7 @@ from ..errors import PoisonCertError
 from ._common import (
     Certificate,
     argmax_votes,
+    as_array,
     check_scores,
     count_true,
     plurality,
@@ -321,8 +322,12 @@ def fa(scores: np.ndarray, k: int, d: int, offsets=None) -> Certificate:
 
 
 def fa_from_votes(v: np.ndarray, n_classes: int, k: int, d: int, offsets=None) -> Certificate:
-    """:func:`fa` from precomputed votes ``v`` (n_test, k*d) (argmax of each model's logits)."""
-    v = np.asarray(v)
+    """:func:`fa` from precomputed votes ``v`` (n_test, k*d) (argmax of each model's logits): class indices."""
+    v = as_array(v, "votes")
+    if not np.issubdtype(v.dtype, np.integer):
+        if not np.issubdtype(v.dtype, np.floating) or not np.all(np.isfinite(v)) or np.any(v != np.round(v)):
+            raise PoisonCertError("votes must be whole class indices (the argmax of each model's logits), not fractions")
+        v = v.astype(np.int64)
     k = _check_pos_int(k, "k")
     d = _check_pos_int(d, "d")
     if v.ndim != 2 or v.shape[1] != k * d:
@@ -449,6 +454,8 @@ def fa_certified_accuracy(
         raise PoisonCertError(f"labels must have shape ({n},), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise PoisonCertError(f"labels must be integers, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise PoisonCertError(f"labels must lie in [0, {n_classes}) (the scores have {n_classes} classes)")
     s = attack_size
     if isinstance(s, bool) or not isinstance(s, Integral) or int(s) < 0:
         raise PoisonCertError(f"attack_size must be a non-negative integer, got {attack_size!r}")
