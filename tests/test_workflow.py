@@ -109,3 +109,15 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     assert (res / "tinyss" / "extractor.pt").exists()
     # every rule wrote its log
     assert (res / "logs" / "train" / "tiny" / "k7_d1" / "shard2.log").exists()
+    # reruns follow what can change the bits, and nothing else
+    def dry(cfg_dict):
+        path = tmp_path / "rerun.yaml"
+        path.write_text(yaml.safe_dump(cfg_dict))
+        proc = _snakemake(repo_root, tmp_path, "-n", "--cores", "2", "--configfile", str(path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert "Nothing to be done" in dry(TINY)
+    assert "Nothing to be done" in dry({**TINY, "data_root": "elsewhere", "download": True, "device": "cpu"})  # digits reads no files; auto = cpu here
+    out = dry({**TINY, "train_threads": 2})  # the thread count can change the bits
+    assert "rule train:" in out and "rule prepare:" not in out and "rule partition:" not in out
