@@ -29,7 +29,7 @@ DEVICE = config["device"]  # passed to the jobs as it is; the rerun trigger is t
 
 wildcard_constraints:
     exp="[A-Za-z0-9][A-Za-z0-9_-]*",
-    dataset="[a-z0-9]+",
+    dataset="[a-z0-9_]+",
     k="[0-9]+",
     d="[0-9]+",
     shard="[0-9]+",

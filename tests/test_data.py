@@ -1,3 +1,4 @@
+import os
 import pickle
 import struct
 
@@ -145,3 +146,68 @@ def test_cifar10_through_torchvision(tmp_path, rng, monkeypatch):
     with open(folder / "data_batch_1", "rb") as fh:
         first = pickle.load(fh)["data"][0]
     assert np.array_equal(ds.train_images[0].reshape(-1), first)
+
+
+# ---------------------------------------------------------------------------------------------- Fashion-MNIST
+
+#: SHA-256 of Fashion-MNIST in canonical form (Debian's dataset-fashion-mnist = the official files).
+FASHION_MNIST_SHA256 = "b42e0f3189f494f730119201c9e1a41654a875ffd564ea07b7cf8032d5327c02"
+
+
+def _real_fashion_mnist():
+    from poisoncert.data import FASHION_MNIST_DEBIAN
+
+    if not FASHION_MNIST_DEBIAN.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's dataset-fashion-mnist: `make install` installs it as root (apt-get)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
+
+
+def test_fashion_mnist_real_files_full_size():
+    _real_fashion_mnist()
+    from poisoncert import registry
+    from poisoncert.data import content_hash, load_dataset
+
+    ds = load_dataset("fashion_mnist", root="/nonexistent")  # falls back to the Debian files
+    rec = registry.dataset("fashion_mnist")
+    assert (len(ds.train_labels), len(ds.test_labels), ds.n_classes, ds.image_shape) == (60000, 10000, 10, (1, 28, 28))
+    assert (rec.n_train, rec.n_test, rec.n_classes, rec.image_shape) == (60000, 10000, 10, (1, 28, 28))
+    assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
+    assert np.bincount(ds.train_labels).tolist() == [6000] * 10 and np.bincount(ds.test_labels).tolist() == [1000] * 10
+    assert content_hash(ds) == FASHION_MNIST_SHA256
+
+
+def test_fashion_mnist_prefers_torchvision_layout(tmp_path, rng):
+    from poisoncert.data import load_dataset
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 30), ("t10k", 12)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x08)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8), 0x08)
+    ds = load_dataset("fashion_mnist", root=tmp_path)
+    assert (len(ds.train_labels), len(ds.test_labels)) == (30, 12)  # the files made here, not Debian's
+
+
+def test_fashion_mnist_gz_fallback_and_errors(tmp_path, rng, monkeypatch):
+    import gzip
+
+    from poisoncert import data
+
+    deb = tmp_path / "deb"
+    deb.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 8)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)), ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8))):
+            plain = tmp_path / "plain"
+            _write_idx(plain, arr, 0x08)
+            (deb / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", deb)
+    ds = data.load_dataset("fashion_mnist", root=tmp_path / "empty")
+    assert (len(ds.train_labels), len(ds.test_labels)) == (20, 8)
+    (deb / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(PoisonCertError, match=r"exist but cannot be read.*corrupt"):
+        data.load_dataset("fashion_mnist", root=tmp_path / "empty")
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "nowhere")
+    with pytest.raises(PoisonCertError, match=r"not found under .*FashionMNIST/raw/train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist") as info:
+        data.load_dataset("fashion_mnist", root=tmp_path / "empty")
+    assert "\n" not in str(info.value)

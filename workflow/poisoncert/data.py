@@ -185,17 +185,66 @@ def _images_to_nchw(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
-def _mnist(root: Path, download: bool, seed: int, digits: tuple[int, ...] | None = None, name: str = "mnist") -> Dataset:
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist): gzipped idx files.
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (the MNIST format; ``.gz`` decompressed on the fly) into a uint8 array.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x-idx1-ubyte"
+    >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+    >>> read_idx(p).tolist()
+    [7, 8, 9]
+    """
+    import gzip
+
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} holds {data.size} bytes of data, its header says {dims}")
+    return data.reshape(dims)
+
+
+def _mnist_layout(name: str, tv_name: str, root: Path, download: bool, fallback: Path | None = None):
+    """(train images, train labels, test images, test labels, class names) of an MNIST-format dataset.
+
+    torchvision's layout under ``root`` first (``root/<tv_name>/raw/<idx files>``); then, when
+    given, ``fallback``: a folder of the four idx files, gzipped or not (Debian's package).
+    """
     from torchvision import datasets
 
+    cls = getattr(datasets, tv_name)
+    files = [f"{root}/{tv_name}/raw/{f}" for f in MNIST_FILES]
     try:
-        tr = datasets.MNIST(str(root), train=True, download=download)
-        te = datasets.MNIST(str(root), train=False, download=download)
+        tr = cls(str(root), train=True, download=download)
+        te = cls(str(root), train=False, download=download)
+        return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy(), list(tr.classes)
     except Exception as exc:  # torchvision raises RuntimeError("Dataset not found..."), URLError, or fails on bad files
-        files = [f"{root}/MNIST/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
-        raise _torchvision_error(name, root, files, exc, present=files) from None
-    xtr, ytr = _images_to_nchw(tr.data.numpy()), tr.targets.numpy().astype(np.int64)
-    xte, yte = _images_to_nchw(te.data.numpy()), te.targets.numpy().astype(np.int64)
+        found = [fallback / f"{f}{ext}" for f in MNIST_FILES for ext in ("", ".gz") if fallback is not None and (fallback / f"{f}{ext}").is_file()]
+        if len(found) == len(MNIST_FILES) and not any(Path(f).exists() for f in files):
+            try:
+                arrays = [read_idx(p) for p in found]
+            except (OSError, ValueError, EOFError) as exc2:
+                raise _torchvision_error(name, fallback, [str(p) for p in found], exc2, present=[str(p) for p in found]) from None
+            return (*arrays, list(cls.classes))
+        err = _torchvision_error(name, root, files, exc, present=files)
+        if fallback is not None and "not found" in str(err):
+            err = PoisonCertError(f"{err}; or install Debian's package as root: apt-get install dataset-fashion-mnist (files in {fallback})")
+        raise err from None
+
+
+def _mnist(root: Path, download: bool, seed: int, digits: tuple[int, ...] | None = None, name: str = "mnist") -> Dataset:
+    xtr, ytr, xte, yte, _ = _mnist_layout(name, "MNIST", root, download)
+    xtr, ytr = _images_to_nchw(xtr), ytr.astype(np.int64)
+    xte, yte = _images_to_nchw(xte), yte.astype(np.int64)
     names = [str(i) for i in range(10)]
     if digits is not None:
         # keep only the given digits, relabelled 0..len(digits)-1 in the given order
@@ -205,6 +254,16 @@ def _mnist(root: Path, download: bool, seed: int, digits: tuple[int, ...] | None
         xtr, ytr, xte, yte = xtr[mtr], lut[ytr[mtr]], xte[mte], lut[yte[mte]]
         names = [str(d) for d in digits]
     return Dataset(name, xtr, ytr, xte, yte, len(names), names)
+
+
+def _fashion_mnist(root: Path, download: bool, seed: int) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 / 10,000 28x28 grey images of 10 clothing classes, MNIST's format.
+
+    torchvision's ``FashionMNIST/raw/`` under ``root``, else Debian's ``dataset-fashion-mnist``
+    files: the full-size real dataset every machine here can install.
+    """
+    xtr, ytr, xte, yte, names = _mnist_layout("fashion_mnist", "FashionMNIST", root, download, FASHION_MNIST_DEBIAN)
+    return Dataset("fashion_mnist", _images_to_nchw(xtr), ytr.astype(np.int64), _images_to_nchw(xte), yte.astype(np.int64), 10, names)
 
 
 def _mnist17(root: Path, download: bool, seed: int) -> Dataset:

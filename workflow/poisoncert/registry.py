@@ -372,6 +372,8 @@ DATASETS: dict[str, DatasetRecord] = {
         DatasetRecord("digits", "_digits", 1438, 359, 10, (1, 8, 8), "scikit-learn's bundled 8x8 digits, split 80/20", embedded=True),
         DatasetRecord("digits17", "_digits17", 289, 72, 2, (1, 8, 8), "the 1s and 7s of digits (labels 0/1)", embedded=True),
         DatasetRecord("mnist", "_mnist", 60000, 10000, 10, (1, 28, 28), "torchvision MNIST"),
+        DatasetRecord("fashion_mnist", "_fashion_mnist", 60000, 10000, 10, (1, 28, 28),
+                      "Fashion-MNIST: torchvision's FashionMNIST layout, else Debian's dataset-fashion-mnist"),
         DatasetRecord("mnist17", "_mnist17", 13007, 2163, 2, (1, 28, 28), "the 1s and 7s of MNIST (DPA App. B)"),
         DatasetRecord("cifar10", "_cifar10", 50000, 10000, 10, (3, 32, 32), "torchvision CIFAR-10"),
         DatasetRecord("gtsrb", "_gtsrb", 26640, 12630, 43, (3, 32, 32), "torchvision GTSRB, resized to 32x32"),
