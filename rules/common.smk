@@ -22,6 +22,13 @@ except PoisonCertError as _exc:
 config.clear()
 config.update(_validated)
 
+# glibc returns each large freed buffer to the kernel by default, so every training step's
+# activations become fresh pages to zero: more system time than arithmetic on 2 cores. A fixed
+# mmap threshold and no trimming keep them in the heap (poisoncert.train.keep_freed_memory does
+# what glibc allows from inside a process; these variables also cover buffers above 32 MiB).
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**36))
+
 ENSEMBLES = ensembles(config)
 PYTHON = sys.executable  # the interpreter running snakemake, which has poisoncert's dependencies
 DEVICE = config["device"]  # passed to the jobs as it is; the rerun trigger is train_runtime()

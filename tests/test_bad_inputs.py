@@ -374,3 +374,29 @@ def test_random_malformed_scores_through_python_m_poisoncert(repo_root, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("poisoncert:"), proc.stderr
     assert "Traceback" not in proc.stderr and sorted(p.name for p in work.iterdir()) == ["s.npz"]
+
+
+# ---------------------------------------------------------------------------------------------- scores at scale
+
+
+def test_scores_writer_streams_and_read_scores_maps(tmp_path):
+    from poisoncert.scores import npz_memmap, read_scores, scores_writer
+
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(6, 10, 3)).astype(np.float32)
+    meta: dict = {}
+    with scores_writer(tmp_path / "s.npz", full.shape, np.arange(6) % 3, meta) as arr:
+        for a in range(0, 10, 4):  # shard by shard
+            arr[:, a : a + 4] = full[:, a : a + 4]
+        meta["scheme"] = "dpa"
+    scores, labels, m = read_scores(tmp_path / "s.npz", mmap=True)
+    assert isinstance(scores, np.memmap) or isinstance(scores.base, np.memmap)  # mapped, not read into memory
+    assert np.array_equal(scores, full) and m == {"scheme": "dpa"}
+    assert np.array_equal(read_scores(tmp_path / "s.npz")[0], full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    write_scores(tmp_path / "c.npz", full, np.zeros(6, int), {}, compressed=True)
+    assert npz_memmap(tmp_path / "c.npz", "scores") is None  # compressed: read into memory instead
+    with pytest.raises(PoisonCertError, match="NaN"):
+        with scores_writer(tmp_path / "bad.npz", full.shape, np.zeros(6, int), {}) as arr:
+            arr[:] = np.nan
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "s.npz"]  # nothing half-written left

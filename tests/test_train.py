@@ -232,3 +232,21 @@ def test_progress_bar_on_stderr_and_settings_restored(data, capsys):
     err = capsys.readouterr().err
     assert "small_cnn" in err
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearses_on_the_cpu(repo_root, tmp_path):
+    """benchmarks/gpu_check.py --cpu: the prepared GPU session's every step at toy size, and its checks pass."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(repo_root / "workflow")}
+    proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "gpu_check.py"), "--cpu"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    assert checks["repeat_bit_identical"] and checks["shard_invariant_bit_identical"] and checks["neighbour_changed"]
+    assert checks["cuda_without_gpu_one_line"] and "no GPU is visible" in checks["cuda_without_gpu_message"]
+    assert checks["argmax_agreement"] > 0.5
+    assert (tmp_path / "throughput.csv").read_text().count("\n") >= 3 and json.loads((tmp_path / "ensemble.json").read_text())["k"] == 1200

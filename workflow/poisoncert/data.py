@@ -365,14 +365,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read a whole ``.npz`` file, turning a missing, truncated or foreign file into one clear line."""
+def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read a whole ``.npz`` file (but the arrays in ``skip``), turning a missing, truncated or
+    foreign file into one clear line."""
     path = Path(path)
     if not path.exists():
         raise PoisonCertError(f"{what} file {path} does not exist; run the step that writes it first")
     try:
         with np.load(path, allow_pickle=False) as z:
-            out = {key: z[key] for key in z.files}
+            out = {key: z[key] for key in z.files if key not in skip}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); delete it and rerun the workflow") from None
     missing = [k for k in required if k not in out]

@@ -11,7 +11,7 @@ import numpy as np
 from ..data import load_npz, read_dataset
 from ..errors import PoisonCertError
 from ..partition import read_partitions
-from ..scores import write_scores
+from ..scores import scores_writer
 from ._common import json_object
 
 HELP = "gather shard logits into the scores file"
@@ -35,7 +35,16 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
     ds = read_dataset(dataset_file)
     parts, pmeta = read_partitions(partitions_file)
     n = parts.n_models
-    scores = np.empty((len(ds.test_labels), n, ds.n_classes), dtype=np.float32)
+    meta: dict[str, Any] = {}  # filled in before the writer assembles the file
+    with scores_writer(out, (len(ds.test_labels), n, ds.n_classes), ds.test_labels, meta) as scores:
+        first = _gather(shard_files, scores, parts, pmeta, ds, partitions_file)
+        meta.update(_meta(parts, pmeta, ds, first, experiment))
+    print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
+
+
+def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str, Any]:
+    """Copy every shard's logits into ``scores`` (n_test, n_models, C), one shard in memory at a time."""
+    n = parts.n_models
     seen = np.zeros(n, dtype=bool)
     first: dict[str, Any] | None = None
     for f in shard_files:
@@ -60,7 +69,11 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
     if not seen.all():
         raise PoisonCertError(f"models {np.flatnonzero(~seen)[:10].tolist()}... have no logits among the {len(shard_files)} shard files")
     assert first is not None
-    meta = {
+    return first
+
+
+def _meta(parts, pmeta, ds, first, experiment) -> dict[str, Any]:
+    return {
         **parts.meta(),
         "seeds": parts.seeds.tolist(),
         "dataset": ds.name,
@@ -76,8 +89,6 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
         "runtime": first.get("runtime"),
         "experiment": experiment,
     }
-    write_scores(out, scores, ds.test_labels, meta)
-    print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
 
 
 def main(args: argparse.Namespace) -> None:

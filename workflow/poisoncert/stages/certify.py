@@ -91,7 +91,7 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
     import pandas as pd
 
     registry.certificate(name)
-    scores, labels, meta = read_scores(scores_file)
+    scores, labels, meta = read_scores(scores_file, mmap=True)
     meta = check_meta({**meta, **{k: v for k, v in (overrides or {}).items() if v is not None}}, "the scores metadata with the command-line values")
     columns, summary = certify_scores(scores, labels, meta, name, radii)
     summary["scores_file"] = str(scores_file)

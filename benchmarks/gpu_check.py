@@ -1,0 +1,207 @@
+"""One prepared GPU session (issue 12): determinism on the device, engine throughput, a paper-scale ensemble.
+
+    python benchmarks/gpu_check.py            # on a machine with one CUDA GPU: under 8 minutes
+    python benchmarks/gpu_check.py --cpu      # the same steps at toy size on the CPU (CI, rehearsal)
+
+Everything measured goes to ``$OUT`` (when set, e.g. on the lent device machine) or
+``results/benchmarks/gpu_check/``: ``checks.json`` (determinism), ``throughput.csv`` and
+``ensemble.json``, plus ``summary.json`` with the environment. Steps:
+
+1. determinism on the device: the same shard trained twice is bit-identical; a model's logits are
+   bit-identical whatever its shard-mates' data and sizes (a neighbour relabelled and enlarged);
+   agreement with the CPU engine (max |logit difference|, argmax agreement); ``device: cuda``
+   without a visible GPU is still a one-line error;
+2. throughput of the vectorised engine with NiN at 28x28x1 and 32x32x3, shards of 50 to 1,200
+   models of 50 images (1 epoch each): training images per second, achieved TFLOP/s against the
+   GPU's fp32 peak, peak GPU memory; the shard size where images/s stops growing;
+3. a DPA k=1200 NiN ensemble on Fashion-MNIST (60,000 / 10,000, real files when present) for
+   ``--epochs`` epochs, extrapolated to the papers' 200 epochs, beside the DPA paper's 0.28
+   GPU-minutes per partition (336 GPU-minutes for k=1200).
+
+Stops adding throughput points when the time budget (``--budget-s``) runs low.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from poisoncert.models import build_model, forward_flops_per_sample  # noqa: E402
+from poisoncert.train import TrainConfig, runtime_fingerprint, train_one, train_shard  # noqa: E402
+
+#: fp32 (non-tensor-core) peak of GPUs this may run on, TFLOP/s (vendor data sheets).
+FP32_PEAK_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L40S": 91.6, "V100": 15.7, "A10": 31.2, "T4": 8.1}
+
+PAPER_GPU_MIN_PER_PARTITION = 0.28  # DPA Table 1, MNIST, NiN
+
+
+def nin_config(epochs: int) -> TrainConfig:
+    """The papers' NiN training (Gidaris et al. 2018 via DPA/FA): SGD 0.1, Nesterov, wd 5e-4, batch 128."""
+    return TrainConfig(arch="nin", epochs=epochs, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                       lr_milestones=(60, 120, 160), lr_gamma=0.2, crop_padding=2, group_size=0)
+
+
+def synthetic_sets(n_models: int, size: int, shape, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, (size,) + shape, dtype=np.uint8), rng.integers(0, 10, size)) for _ in range(n_models)]
+
+
+def peak_for(device_name: str) -> float | None:
+    return next((v for k, v in FP32_PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def check_determinism(device: str, toy: bool) -> dict:
+    shape = (1, 28, 28)
+    cfg = TrainConfig(arch="nin", epochs=1 if toy else 2, batch_size=16, crop_padding=2, group_size=4)
+    sets = synthetic_sets(4, 16 if toy else 50, shape)
+    test = np.random.default_rng(1).integers(0, 256, (32 if toy else 500,) + shape, dtype=np.uint8)
+    a = train_shard(sets, [0, 1, 2, 3], test, 10, cfg, device=device, progress=False)
+    b = train_shard(sets, [0, 1, 2, 3], test, 10, cfg, device=device, progress=False)
+    poisoned = list(sets)
+    x, y = sets[1]
+    poisoned[1] = (np.concatenate([x, x[:10]]), (np.concatenate([y, y[:10]]) + 1) % 10)  # relabelled and enlarged
+    c = train_shard(poisoned, [0, 1, 2, 3], test, 10, cfg, device=device, progress=False)
+    if device == "cpu":  # the reference: each model alone through the plain loop
+        ref = np.stack([train_one(s, i, test, 10, cfg, device="cpu") for i, s in enumerate(sets)])
+        against = "train_one (per-model loop, CPU)"
+    else:
+        ref = train_shard(sets, [0, 1, 2, 3], test, 10, cfg, device="cpu", progress=False)
+        against = "the CPU engine"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "workflow")}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from poisoncert.train import resolve_device\n"
+                           "from poisoncert.errors import PoisonCertError\n"
+                           "try: resolve_device('cuda')\nexcept PoisonCertError as e: print(f'poisoncert: error: {e}', file=sys.stderr); sys.exit(2)"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    return {
+        "device": device,
+        "repeat_bit_identical": bool(np.array_equal(a, b)),
+        "shard_invariant_bit_identical": bool(np.array_equal(a[[0, 2, 3]], c[[0, 2, 3]])),
+        "neighbour_changed": bool(not np.array_equal(a[1], c[1])),
+        "agreement_against": against,
+        "max_abs_logit_diff": float(np.abs(a - ref).max()),
+        "argmax_agreement": float((a.argmax(-1) == ref.argmax(-1)).mean()),
+        "cuda_without_gpu_one_line": proc.returncode == 2 and len(err) == 1 and err[0].startswith("poisoncert: error:"),
+        "cuda_without_gpu_message": err[-1] if err else "",
+    }
+
+
+def throughput(device: str, toy: bool, deadline: float) -> list[dict]:
+    rows = []
+    sizes = [2, 4] if toy else [50, 100, 200, 400, 800, 1200]
+    per_model = 20 if toy else 50
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        fwd = forward_flops_per_sample(build_model("nin", shape[0], shape[1], shape[2], 10), *shape)
+        best = 0.0
+        for B in sizes:
+            if time.time() > deadline:
+                rows.append({"shape": "x".join(map(str, shape)), "models": B, "skipped": "time budget"})
+                continue
+            sets = synthetic_sets(B, per_model, shape)
+            test = np.zeros((8,) + shape, np.uint8)
+            cfg = nin_config(1)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            train_shard(sets, list(range(B)), test, 10, cfg, device=device, progress=False)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            images = per_model * B
+            tflops = 3 * fwd * images / dt / 1e12
+            name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+            peak = peak_for(name)
+            rows.append({
+                "shape": "x".join(map(str, shape)), "models": B, "seconds": round(dt, 3), "train_images_per_s": round(images / dt, 1),
+                "tflops": round(tflops, 3), "fraction_of_fp32_peak": round(tflops / peak, 4) if peak else None,
+                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+                "saturated": bool(best and images / dt < 1.1 * best),
+            })
+            best = max(best, images / dt)
+            print(rows[-1], flush=True)
+    return rows
+
+
+def ensemble(device: str, toy: bool, epochs: int) -> dict:
+    from poisoncert.data import FASHION_MNIST_DEBIAN, load_dataset
+    from poisoncert.partition import make_partitions
+
+    if FASHION_MNIST_DEBIAN.is_dir():
+        ds = load_dataset("fashion_mnist")
+        xtr, ytr, xte, yte, source = ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, "fashion_mnist"
+    else:
+        rng = np.random.default_rng(0)
+        xtr, ytr = rng.integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 60000)
+        xte, yte = rng.integers(0, 256, (10000, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 10000)
+        source = "synthetic fashion_mnist-sized"
+    k = 1200
+    parts = make_partitions(xtr, ytr, "dpa", k)
+    n_models = 2 if toy else k
+    n_test = 50 if toy else len(xte)
+    sets = [(xtr[parts.members(m)], ytr[parts.members(m)]) for m in range(n_models)]
+    cfg = nin_config(epochs)
+    t = time.perf_counter()
+    train_shard(sets, list(range(n_models)), xte[:8], 10, cfg, device=device, progress=False)
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    logits = train_shard(sets, list(range(n_models)), xte[:n_test], 10, cfg, device=device, progress=False)
+    t_eval = max(time.perf_counter() - t - t_train, 0.0)
+    scale = k / n_models
+    minutes_200 = (t_train / epochs * 200 + t_eval * len(xte) / n_test) * scale / 60
+    return {
+        "data": source, "k": k, "models_timed": n_models, "epochs_timed": epochs, "train_s": round(t_train, 2), "eval_s": round(t_eval, 2),
+        "extrapolated_k1200_200_epochs_gpu_minutes": round(minutes_200, 2),
+        "paper_gpu_minutes": PAPER_GPU_MIN_PER_PARTITION * k, "speedup_vs_paper": round(PAPER_GPU_MIN_PER_PARTITION * k / minutes_200, 1),
+        "target_minutes": 15.0, "mean_base_accuracy_after_timed_epochs": round(float((logits.argmax(-1) == yte[None, :n_test]).mean()), 4),
+        "runtime": runtime_fingerprint(cfg, device),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpu", action="store_true", help="the same steps at toy size on the CPU")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of the timed k=1200 ensemble")
+    ap.add_argument("--budget-s", type=float, default=420, help="stop adding throughput points after this many seconds")
+    args = ap.parse_args()
+    device = "cpu" if args.cpu else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA GPU is visible; run with --cpu for the toy-size rehearsal")
+    out = Path(os.environ.get("OUT") or ROOT / "results" / "benchmarks" / "gpu_check")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    summary = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+               "cuda": torch.version.cuda, "toy": args.cpu, "fp32_peak_tflops": peak_for(torch.cuda.get_device_name(0)) if device == "cuda" else None}
+    checks = check_determinism(device, args.cpu)
+    (out / "checks.json").write_text(json.dumps(checks, indent=1))
+    print(json.dumps(checks, indent=1), flush=True)
+    rows = throughput(device, args.cpu, start + args.budget_s * 0.6)
+    with open(out / "throughput.csv", "w", newline="") as fh:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    ens = ensemble(device, args.cpu, 1 if args.cpu else args.epochs)
+    (out / "ensemble.json").write_text(json.dumps(ens, indent=1))
+    print(json.dumps(ens, indent=1), flush=True)
+    summary["seconds"] = round(time.time() - start, 1)
+    summary["all_checks_pass"] = all(checks[k] for k in ("repeat_bit_identical", "shard_invariant_bit_identical", "neighbour_changed", "cuda_without_gpu_one_line"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"gpu_check: wrote {out} in {summary['seconds']} s; determinism checks {'pass' if summary['all_checks_pass'] else 'FAIL'}")
+    sys.exit(0 if summary["all_checks_pass"] else 1)
+
+
+if __name__ == "__main__":
+    main()
