@@ -19,7 +19,7 @@ rule certify:
 rule poison_check:
     """Attack certified samples with as many poisons as their certificate allows, retrain the affected models, check."""
     input:
-        data=lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        data=dataset_file,
         scores="results/{exp}/k{k}_d{d}/scores.npz",
     output:
         csv="results/{exp}/k{k}_d{d}/poison_check.csv",

@@ -1,4 +1,5 @@
 # Helpers shared by the rules: config validation, target lists, wildcard constraints.
+import functools
 import json
 import os
 import re
@@ -88,6 +89,28 @@ def prepare_args(wildcards):
 
 def experiment(wildcards):
     return config["experiments"][wildcards.exp]
+
+
+def dataset_file(wildcards):
+    """The canonical dataset file of the experiment's dataset (rule prepare)."""
+    return f"results/data/{experiment(wildcards)['dataset']}.npz"
+
+
+@functools.lru_cache(maxsize=None)
+def _train_args(exp):
+    e = config["experiments"][exp]
+    args = f"--train-config '{json.dumps(e['train'])}'"
+    if e["learner"] == "rotnet":
+        args += f" --extractor results/{exp}/extractor.pt"
+    elif e["two_phase"]:
+        args += f" --phase2 results/{exp}/phase2.npz"
+    return args
+
+
+def train_args(wildcards):
+    """A train job's flags: the training config (a param: a change retrains) and the shared
+    SS-DPA extractor or 2-phase phi_2 it reads. Cached per experiment: 38,400 jobs share a few."""
+    return _train_args(wildcards.exp)
 
 
 def ensemble_dir(exp, k, d):

@@ -26,7 +26,7 @@ rule prepare:
 rule partition:
     """Every base model's training-set indices (canonical content order) and seed."""
     input:
-        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        dataset_file,
     output:
         "results/{exp}/k{k}_d{d}/partitions.npz",
     log:

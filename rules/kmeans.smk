@@ -1,7 +1,7 @@
 rule kmeans_scores:
     """DPA App. B: 2-means on the unlabeled images, k = m one-sample base classifiers, written as the scores file (no training)."""
     input:
-        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        dataset_file,
     output:
         "results/{exp}/k{k}_d{d}/scores.npz",
     wildcard_constraints:

@@ -1,7 +1,7 @@
 rule extractor:
     """SS-DPA: a label-free RotNet-style feature extractor, trained once per experiment on all unlabeled images."""
     input:
-        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        dataset_file,
     output:
         "results/{exp}/extractor.pt",
     log:
@@ -22,7 +22,7 @@ rule extractor:
 rule phase2:
     """Chen et al. Algorithm 3: the shared 2nd-phase classifier phi_2, trained once on the known-clean classes only."""
     input:
-        lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        dataset_file,
     output:
         "results/{exp}/phase2.npz",
     log:
@@ -46,7 +46,7 @@ rule train:
     """Train one shard of base models (vectorised, deterministic) and write their test-set logits."""
     input:
         unpack(train_extra_inputs),
-        data=lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        data=dataset_file,
         partitions="results/{exp}/k{k}_d{d}/partitions.npz",
     output:
         "results/{exp}/k{k}_d{d}/logits/shard{shard}.npz",
@@ -58,21 +58,19 @@ rule train:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
-        train=lambda wc: json.dumps(experiment(wc)["train"]),
+        args=train_args,
         shard_size=config["shard_size"],
         runtime=train_runtime(),
-        extractor=lambda wc, input: f"--extractor {input.extractor}" if "extractor" in input.keys() else "",
-        phase2=lambda wc, input: f"--phase2 {input.phase2}" if "phase2" in input.keys() else "",
     shell:
         "{PYTHON} -m poisoncert train --dataset-file {input.data} --partitions {input.partitions} --out {output} "
-        "--shard {wildcards.shard} --shard-size {params.shard_size} --train-config '{params.train}' "
-        "--device {DEVICE} --threads {threads} {params.extractor} {params.phase2} > {log} 2>&1"
+        "--shard {wildcards.shard} --shard-size {params.shard_size} {params.args} "
+        "--device {DEVICE} --threads {threads} > {log} 2>&1"
 
 
 rule aggregate:
     """Gather the per-shard logits into the scores file (n_test, n_models, n_classes)."""
     input:
-        data=lambda wc: f"results/data/{experiment(wc)['dataset']}.npz",
+        data=dataset_file,
         partitions="results/{exp}/k{k}_d{d}/partitions.npz",
         shards=shard_files,
     output:
