@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import warnings
-import zipfile
 
 import numpy as np
 import pytest

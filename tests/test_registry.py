@@ -22,7 +22,6 @@ from poisoncert.data import Dataset
 from poisoncert.errors import PoisonCertError
 from poisoncert.partition import make_partitions
 from poisoncert.scores import write_scores
-from poisoncert.stages.certify import certify_scores
 
 # ---------------------------------------------------------------------------------------------- counter-examples
 

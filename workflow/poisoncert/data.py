@@ -37,6 +37,7 @@ __all__ = [
     "read_dataset",
     "content_hash",
     "canonical_order",
+    "row_keys",
     "atomic_file",
     "atomic_savez",
     "atomic_write_text",
@@ -97,6 +98,15 @@ def content_hash(ds: Dataset) -> str:
     return h.hexdigest()
 
 
+def row_keys(rows: np.ndarray) -> np.ndarray:
+    """One opaque key per row (its bytes as a numpy void scalar): sorting them sorts rows by their
+    bytes lexicographically. The one content key of the package (canonical order, SS-DPA's sorted
+    index, the unique unlabeled images of the extractor)."""
+    n = len(rows)
+    raw = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8)
+    return raw.view(np.dtype((np.void, raw.shape[1]))).ravel()
+
+
 def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Permutation that sorts samples lexicographically by pixel bytes, then label.
 
@@ -117,8 +127,7 @@ def canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     rows = np.empty((n, raw.shape[1] + 8), dtype=np.uint8)
     rows[:, :-8] = raw
     rows[:, -8:] = np.asarray(labels, dtype=">i8").view(np.uint8).reshape(n, 8)
-    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
-    return np.argsort(keys, kind="stable")
+    return np.argsort(row_keys(rows), kind="stable")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .certify.fa import check_offsets, default_fa_offsets
-from .data import atomic_savez, canonical_order, load_npz
+from .data import atomic_savez, canonical_order, load_npz, row_keys
 from . import registry as _registry
 from .errors import PoisonCertError
 
@@ -111,9 +111,7 @@ def sorted_index(images: np.ndarray) -> np.ndarray:
 
     Identical images share one index, so they share a partition whatever their labels.
     """
-    n = len(images)
-    keys = np.ascontiguousarray(images.reshape(n, -1)).view(np.dtype((np.void, int(np.prod(images.shape[1:]))))).ravel()
-    _, inverse = np.unique(keys, return_inverse=True)
+    _, inverse = np.unique(row_keys(images), return_inverse=True)
     return inverse.astype(np.int64).ravel()
 
 

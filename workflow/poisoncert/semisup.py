@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import canonical_order
+from .data import canonical_order, row_keys
 from .errors import PoisonCertError
 
 __all__ = [
@@ -67,9 +67,7 @@ def unique_sorted_images(images: np.ndarray) -> np.ndarray:
     n = len(x)
     if n == 0:
         return x
-    row = int(np.prod(x.shape[1:]))
-    keys = np.ascontiguousarray(x.reshape(n, -1)).view(np.dtype((np.void, row))).ravel()
-    _, first = np.unique(keys, return_index=True)
+    _, first = np.unique(row_keys(x), return_index=True)
     return np.ascontiguousarray(x[first])
 
 

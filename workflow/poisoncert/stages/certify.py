@@ -19,7 +19,6 @@ import numpy as np
 from .. import certify as maths
 from .. import registry
 from ..data import atomic_write_text
-from ..errors import PoisonCertError
 from ..scores import check_meta, read_scores
 from ._common import int_list
 
