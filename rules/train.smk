@@ -44,6 +44,8 @@ rule phase2:
 
 rule train:
     """Train one shard of base models (vectorised, deterministic) and write their test-set logits."""
+    message:
+        "train {wildcards.exp} k={wildcards.k} d={wildcards.d} shard {wildcards.shard} (progress: tail -f {log})"
     input:
         unpack(train_extra_inputs),
         data=dataset_file,
