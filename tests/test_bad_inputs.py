@@ -399,3 +399,23 @@ def test_scores_writer_streams_and_read_scores_maps(tmp_path):
         with scores_writer(tmp_path / "bad.npz", full.shape, np.zeros(6, int), {}) as arr:
             arr[:] = np.nan
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "s.npz"]  # nothing half-written left
+
+
+def test_corrupt_stored_scores_member_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.npz"
+    write_scores(path, _scores(), np.zeros(4, int), {})
+    raw = bytearray(path.read_bytes())
+    i = raw.index(b"\x93NUMPY")  # the first member's .npy magic
+    raw[i : i + 6] = b"XXXXXX"
+    path.write_bytes(bytes(raw))
+    assert _certify(path, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0], err
+
+
+def test_bad_alpha_in_the_metadata_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.npz"
+    write_scores(path, _scores(), np.zeros(4, int), {"scheme": "bagging", "k": 3, "train_size": 50, "experiment": {"alpha": "x"}})
+    rc = main(["certify", str(path), "--certificate", "bagging", "--out-csv", str(tmp_path / "o.csv"), "--out-json", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "alpha must be a number" in err[0], err

@@ -260,3 +260,38 @@ def test_schema_bounds_are_the_dataclass_bounds():
             if "exclusiveMaximum" in p:
                 with pytest.raises(PoisonCertError):
                     cls(**{name: p["exclusiveMaximum"]})
+
+
+def test_flags_cannot_replace_the_recorded_threat_model(tmp_path, capsys):
+    scores = np.zeros((1, 20, 3), np.float32)
+    scores[..., 0] = 1
+    meta = {"scheme": "dpa_star", "k": 10, "d": 2}
+    rc, summary = _certify_cli(tmp_path, scores, np.array([0]), meta, "--certificate", "dpa")
+    assert rc == 0 and summary["median_certified_radius"] == 5
+    for flags in (("--scheme", "dpa"), ("--k", "20", "--d", "1")):
+        rc, _ = _certify_cli(tmp_path, scores, np.array([0]), meta, "--certificate", "dpa", *flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "contradicts the scores file" in err[0], err
+    rc, summary = _certify_cli(tmp_path, scores, np.array([0]), {"scheme": "dpa_star"}, "--certificate", "dpa", "--k", "10", "--d", "2")
+    assert rc == 0 and summary["median_certified_radius"] == 5  # flags supply what the file lacks
+
+
+@pytest.mark.parametrize("meta,match", [
+    ({"scheme": "dpa", "k": 10}, "hold 20 base models, but a 'dpa' ensemble with k = 10 has 10"),
+    ({"k": 10, "d": 2}, "has no d, but the scores metadata records d = 2"),
+    ({"scheme": "ssdpa", "d": 2}, "has no d"),
+    ({"scheme": "fa", "k": 10, "d": 2, "offsets": []}, "needs the FA spread offsets"),
+    ({"scheme": "bagging", "k": 5, "n_models": 19, "train_size": 100}, "'bagging' ensemble with T = 19 has 19"),
+])
+def test_scores_must_match_the_recorded_layout(meta, match):
+    scores = np.zeros((1, 20, 3), np.float32)
+    scores[..., 0] = 1
+    cert = "bagging" if meta.get("scheme") == "bagging" else ("fa" if meta.get("scheme") == "fa" else "dpa")
+    with pytest.raises(PoisonCertError, match=match):
+        registry.compute(registry.ensemble_threat(meta)["scheme"], cert, scores, meta)
+
+
+def test_a_poison_check_with_nothing_to_attack_fails(small):
+    scores, meta, retrain_fn = _ensemble(small, "dpa", "supervised")
+    with pytest.raises(PoisonCertError, match="nothing to attack"):
+        attack.poison_check(small, scores, meta, retrain_fn, n_targets=3, radius_of=lambda c: np.zeros_like(c.radius))

@@ -132,7 +132,7 @@ def _insert_attack(ds: Dataset, j: int, radius: int, target: int, prediction: in
     return x, y
 
 
-def _flip_attack(ds: Dataset, j: int, radius: int, target: int, prediction: int, model_votes: np.ndarray, parts: Partitions):
+def _flip_attack(ds: Dataset, j: int, radius: int, target: int, prediction: int, model_votes: np.ndarray, parts: Partitions, invert: bool):
     weight = _weight(model_votes, prediction, target)
     x_j = ds.test_images[j].reshape(-1).astype(np.int64)
     flat = ds.train_images.reshape(len(ds.train_images), -1).astype(np.int64)
@@ -144,7 +144,9 @@ def _flip_attack(ds: Dataset, j: int, radius: int, target: int, prediction: int,
         dist = ((flat[members] - x_j) ** 2).sum(axis=1)
         for i in members[np.argsort(dist, kind="stable")]:
             y_i = int(ds.train_labels[i])
-            new = target if y_i != target else (1 - y_i if ds.n_classes == 2 else None)
+            # App. B's classifier votes against its own label off its cluster: there, flipping a sample
+            # labelled with the target class moves the vote to the target too (binary data only)
+            new = target if y_i != target else (1 - y_i if invert and ds.n_classes == 2 else None)
             if new is not None:
                 choices.append((int(weight[m]), m, int(i), new))
                 break
@@ -180,6 +182,7 @@ def poison_check(
         raise PoisonCertError(f"the poison check attacks deterministic certificates; '{name}' on '{scheme.name}' is not one")
     attack = "flip" if threat["unit"] == registry.LABEL_FLIPS else scheme.attack
     cert = registry.compute(scheme.name, name, scores, meta, threat["learner"])
+    view = registry.scores_view(scheme.name, name, scores, meta)
     radius_all = np.asarray(radius_of(cert) if radius_of is not None else cert.radius)
     labels = ds.test_labels
     model_votes_all = certify.votes(scores)
@@ -195,11 +198,11 @@ def poison_check(
     for j in targets:
         radius = int(radius_all[j])
         prediction = int(cert.prediction[j])
-        target = _runner_up(scores[j : j + 1], prediction)
+        target = _runner_up(view[j : j + 1], prediction)  # on the voters the certificate counts (DPA*: partitions)
         if attack == "insert":
             x, y = _insert_attack(ds, j, radius, target, prediction, model_votes_all[j], clean, scheme.name, meta)
         else:
-            x, y = _flip_attack(ds, j, radius, target, prediction, model_votes_all[j], clean)
+            x, y = _flip_attack(ds, j, radius, target, prediction, model_votes_all[j], clean, threat["learner"] == "binary_kmeans")
         poisoned = training_sets(scheme.name, x, y, meta)
         changed = [m for m in range(clean.n_models) if _contents(ds.train_images, ds.train_labels, clean.members(m)) != _contents(x, y, poisoned.members(m))]
         retrain = list(changed)
@@ -224,6 +227,12 @@ def poison_check(
         new_prediction = int(registry.predict(scheme.name, name, new_scores, meta)[0])
         n_poisons = radius if attack == "insert" else int((y != ds.train_labels).sum())
         outcomes.append(PoisonOutcome(name, int(j), int(labels[j]), prediction, radius, target, n_poisons, len(changed), votes_to_target, new_prediction))
+    if not outcomes:
+        raise PoisonCertError(f"{name}: no test sample is correctly classified with a certificate >= 1, so there is nothing to attack; "
+                              "the ensemble is too weak for a poison check (more data per model, more epochs) or set poison_check: 0")
+    if not verified_unaffected:
+        raise PoisonCertError(f"{name}: every attack changed every base model, so no unaffected model could prove that retraining "
+                              "reproduces the ensemble bit for bit; the check cannot vouch for these results")
     return outcomes
 
 

@@ -115,22 +115,28 @@ def _cert_dpa_roe(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certif
     return certify.dpa_roe(scores)
 
 
-def _cert_fa(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+def _fa_layout(meta: Mapping[str, Any]) -> tuple[int, int, list[int]]:
+    """k, d and the spread offsets R of an FA ensemble (all required: other offsets, other ensemble)."""
     k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
-    return certify.fa(scores, k, d, offsets or None)
+    if not offsets:
+        raise PoisonCertError("this certificate needs the FA spread offsets R (d values) in the scores metadata (or on the command line: --offsets)")
+    return k, d, offsets
+
+
+def _cert_fa(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
+    return certify.fa(scores, *_fa_layout(meta))
 
 
 def _cert_fa_roe(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
-    k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
-    return certify.fa_roe(scores, k, d, offsets or None)
+    return certify.fa_roe(scores, *_fa_layout(meta))
 
 
 def _fa_statistics(scores: np.ndarray, labels: np.ndarray, meta: Mapping[str, Any]) -> dict[str, Any]:
     """FA Table 2 (Pr[r up], delta r over the DPA-style bound on the same kd models) and Table 3
     (distributional certified accuracy under one poison, FA Theorem 4 / App. D)."""
-    k, d, offsets = _need(meta, ("k", "d", "offsets"), FLAGS)
-    stats = certify.fa_improvement_stats(scores, k, d, offsets or None, labels)
-    dist = certify.fa_certified_accuracy(scores, labels, k, d, offsets or None, attack_size=1)
+    k, d, offsets = _fa_layout(meta)
+    stats = certify.fa_improvement_stats(scores, k, d, offsets, labels)
+    dist = certify.fa_certified_accuracy(scores, labels, k, d, offsets, attack_size=1)
     return {
         "pr_radius_up": stats["pr_up"],
         "mean_radius_increase": stats["delta_r"],
@@ -142,7 +148,7 @@ def _selection_sizes(scores: np.ndarray, meta: Mapping[str, Any]) -> tuple[np.nd
     counts = certify.vote_counts(certify.votes(scores), scores.shape[2])
     (train_size,) = _need(meta, ("train_size",), FLAGS)
     subsample = meta.get("subsample_size") or _need(meta, ("k",), {"k": "--k or --subsample-size"})[0]
-    return counts, int(train_size), int(subsample), float(_meta_value(meta, "alpha", 0.001))
+    return counts, int(train_size), int(subsample), certify.check_alpha(_meta_value(meta, "alpha", 0.001))
 
 
 def _cert_bagging(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
@@ -443,19 +449,36 @@ def scores_view(scheme_name: str, certificate_name: str, scores: np.ndarray, met
     return VIEWS[scheme(scheme_name).view(certificate_name)](scores, meta)
 
 
-def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any], learner_name: str = "supervised") -> certify.Certificate:
+def check_layout(scheme_name: str, scores: np.ndarray, meta: Mapping[str, Any]) -> None:
+    """The scores must hold as many base models as the scheme makes from the recorded k, d (T)."""
+    s = scheme(scheme_name)
+    d = meta.get("d")
+    if not s.uses_d and d not in (None, 1):
+        raise PoisonCertError(f"scheme '{s.name}' has no d, but the scores metadata records d = {d}; is the scheme right (fa, dpa_star use d)?")
+    k, t = meta.get("k"), meta.get("n_models")
+    expected = s.n_models(k, d or 1, t) if (k is not None and not s.selection) or (s.selection and t is not None) else None
+    if expected is not None and scores.shape[1] != expected:
+        what = f"T = {t}" if s.selection else f"k = {k}" + (f", d = {d or 1}" if s.uses_d else "")
+        raise PoisonCertError(f"the scores hold {scores.shape[1]} base models, but a '{s.name}' ensemble with {what} has {expected}; check the scheme, k and d")
+
+
+def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any], learner_name: str | None = None) -> certify.Certificate:
     """Certificate ``certificate_name`` of a ``scheme_name`` ensemble, under its threat footprint and unit.
 
     The one place a certificate meets an ensemble: the certify stage, the poison-and-retrain
-    check and the tests all call it.
+    check and the tests all call it. The learner (for the unit) defaults to the one ``meta``
+    records; the number of models must match the recorded k, d (:func:`check_layout`).
 
     >>> s = np.zeros((1, 4, 3), np.float32); s[..., 0] = 1      # k=2, d=2: 4 seed models vote 0
     >>> int(compute("dpa_star", "dpa", s, {"k": 2, "d": 2}).radius[0])   # 2 partitions, not 4 voters
     1
     """
     rec = certificate(certificate_name)
+    check_layout(scheme_name, scores, meta)
     view = scores_view(scheme_name, certificate_name, scores, meta)
     cert = rec.compute(view, meta)
+    if learner_name is None:
+        learner_name = ensemble_threat({**meta, "scheme": scheme_name})["learner"]
     return replace(cert, unit=rec.unit or threat_unit(scheme_name, learner_name))
 
 

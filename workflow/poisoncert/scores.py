@@ -48,6 +48,11 @@ _META_TYPES: dict[str, tuple[Any, str]] = {
     "train_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
     "n_clean": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     "experiment": (lambda v: isinstance(v, dict), "an object"),
+    "subsample_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "n_models": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, "a number strictly between 0 and 1"),
+    "poisoning_model": (lambda v: isinstance(v, str), "one of P1..P6"),
+    "learner": (lambda v: isinstance(v, str), "a learner name"),
 }
 
 
@@ -96,12 +101,16 @@ def npz_memmap(path: str | os.PathLike, name: str) -> np.memmap | None:
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
             return None
         name_len, extra_len = struct.unpack("<HH", header[26:30])
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(fh)
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        try:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(fh)
+        except ValueError:  # a corrupt member: let the ordinary reader report it in one line
+            return None
         offset = fh.tell()
-    if dtype.hasobject or offset + int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
+    if dtype.hasobject or (offset - start) + int(np.prod(shape)) * dtype.itemsize > info.file_size:
         return None
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 

@@ -4,7 +4,7 @@ No torch, no file I/O. Every function validates its input and raises
 :class:`poisoncert.errors.PoisonCertError` with a one-line message on bad input.
 """
 
-from ._common import Certificate, check_scores, plurality, vote_counts, votes
+from ._common import Certificate, check_alpha, check_scores, plurality, vote_counts, votes
 from .dpa import dpa, dpa_from_counts
 from .binary import binary_kmeans, binary_kmeans_counts  # DPA App. B (2-means SS-DPA)
 from .metrics import certified_accuracy, certified_radius_or_minus_one, mean_base_accuracy, median_certified_radius, summary_metrics
@@ -24,6 +24,7 @@ __all__ = [
     "binary_kmeans",
     "binary_kmeans_counts",
     "Certificate",
+    "check_alpha",
     "check_scores",
     "plurality",
     "vote_counts",

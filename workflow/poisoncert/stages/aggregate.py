@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import registry
 from ..data import load_npz, read_dataset
 from ..errors import PoisonCertError
 from ..partition import read_partitions
@@ -79,7 +80,7 @@ def _meta(parts, pmeta, ds, first, experiment) -> dict[str, Any]:
         "dataset": ds.name,
         "dataset_hash": pmeta["dataset_hash"],
         "n_classes": ds.n_classes,
-        "learner": experiment.get("learner", "supervised"),
+        "learner": experiment.get("learner") or (first.get("learner") if first.get("learner") in registry.LEARNERS else "supervised"),
         "partition_sizes": parts.sizes().tolist(),
         "shard_size": first["shard_size"],
         "device": first["device"],

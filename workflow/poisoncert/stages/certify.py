@@ -19,23 +19,39 @@ import numpy as np
 from .. import certify as maths
 from .. import registry
 from ..data import atomic_write_text
+from ..errors import PoisonCertError
 from ..scores import check_meta, read_scores
 from ._common import int_list
 
 HELP = "certify a scores file (ours or one trained elsewhere)"
 
-#: CLI flag (dest) -> scores metadata key it supplies or overrides.
-OVERRIDES = {
-    "scheme": "scheme",
-    "k": "k",
-    "d": "d",
-    "offsets": "offsets",
-    "alpha": "alpha",
-    "train_size": "train_size",
-    "subsample_size": "subsample_size",
-    "poisoning_model": "poisoning_model",
-    "clean_size": "n_clean",
-}
+#: CLI flag (dest) -> scores metadata key. Facts about the ensemble can only be *supplied* where
+#: the file does not record them (a flag that contradicts the file is refused: the recorded
+#: threat model is the one the ensemble was built under); certificate parameters may be changed.
+ENSEMBLE_FLAGS = {"scheme": "scheme", "k": "k", "d": "d", "offsets": "offsets", "train_size": "train_size",
+                  "subsample_size": "subsample_size", "clean_size": "n_clean"}
+PARAMETER_FLAGS = {"alpha": "alpha", "poisoning_model": "poisoning_model"}
+
+
+def merge_flags(meta: dict[str, Any], supplied: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """The metadata with the command line's values: ensemble facts fill gaps only, parameters override.
+
+    >>> merge_flags({"scheme": "fa", "k": 5}, {"d": 2}, {"alpha": 0.01})
+    {'scheme': 'fa', 'k': 5, 'd': 2, 'alpha': 0.01}
+    """
+    out = dict(meta)
+    for key, value in supplied.items():
+        if value is None:
+            continue
+        if meta.get(key) is not None and meta[key] != value:
+            flag = "--" + next(d for d, k in ENSEMBLE_FLAGS.items() if k == key).replace("_", "-")
+            raise PoisonCertError(
+                f"{flag} {value} contradicts the scores file, which records {key} = {meta[key]!r}: the file's threat model is the one "
+                "its ensemble was built under; drop the flag (flags only supply what the file does not record)"
+            )
+        out[key] = value
+    out.update({k: v for k, v in parameters.items() if v is not None})
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,9 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-json", required=True)
     p.add_argument("--radii", type=int_list, default=[0, 1, 2, 4, 8, 16])
     p.add_argument("--scheme", default=None, choices=list(registry.SCHEMES),
-                   help=f"the ensemble's scheme, i.e. its threat footprint (default: the scores' meta, else {registry.DEFAULT_SCHEME})")
-    p.add_argument("--k", type=int, default=None, help="supply/override k (FA, DPA*; selection size for bagging)")
-    p.add_argument("--d", type=int, default=None, help="supply/override d (FA, DPA*)")
+                   help=f"the ensemble's scheme, i.e. its threat footprint, for a file that does not record one (default: {registry.DEFAULT_SCHEME})")
+    p.add_argument("--k", type=int, default=None, help="supply k where the file does not record it (FA, DPA*; selection size for bagging)")
+    p.add_argument("--d", type=int, default=None, help="supply d where the file does not record it (FA, DPA*)")
     p.add_argument("--offsets", type=int_list, default=None, help="FA spread offsets R (comma-separated)")
     p.add_argument("--alpha", type=float, default=None, help="bagging / random_selection confidence level")
     p.add_argument("--train-size", type=int, default=None, help="bagging / random_selection: training-set size n")
@@ -91,7 +107,10 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
 
     registry.certificate(name)
     scores, labels, meta = read_scores(scores_file, mmap=True)
-    meta = check_meta({**meta, **{k: v for k, v in (overrides or {}).items() if v is not None}}, "the scores metadata with the command-line values")
+    overrides = overrides or {}
+    supplied = {k: v for k, v in overrides.items() if k not in PARAMETER_FLAGS.values()}
+    parameters = {k: v for k, v in overrides.items() if k in PARAMETER_FLAGS.values()}
+    meta = check_meta(merge_flags(meta, supplied, parameters), "the scores metadata with the command-line values")
     columns, summary = certify_scores(scores, labels, meta, name, radii)
     summary["scores_file"] = str(scores_file)
     for key in ("scheme", "k", "d", "dataset", "dataset_hash", "device", "shard_size"):
@@ -113,5 +132,5 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
 
 
 def main(args: argparse.Namespace) -> None:
-    overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items()}
+    overrides = {key: getattr(args, dest) for dest, key in {**ENSEMBLE_FLAGS, **PARAMETER_FLAGS}.items()}
     run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, overrides)
