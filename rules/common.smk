@@ -14,6 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYT
 from poisoncert import registry  # noqa: E402
 from poisoncert.config import ensembles, validate_config  # noqa: E402
 from poisoncert.errors import PoisonCertError  # noqa: E402
+from poisoncert.papers import PAPER_RESULTS  # noqa: E402
 
 try:
     _validated = validate_config(config)

@@ -55,7 +55,7 @@ rule paper_table:
     """A paper's published table beside this run's numbers, cell by cell ("not yet run" where we have none)."""
     input:
         summaries=lambda wc: [f for name in config["experiments"] for f in certificate_summaries(name)],
-        published=os.path.join(workflow.basedir, "workflow", "paper_results", "{table}.csv"),
+        published=os.path.join(PAPER_RESULTS, "{table}.csv"),
     output:
         csv="results/paper_tables/{table}.csv",
         md=report("results/paper_tables/{table}.md", caption="../workflow/report/paper_table.rst", category="paper tables"),

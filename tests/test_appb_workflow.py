@@ -157,7 +157,7 @@ def test_end_to_end_appb_workflow(repo_root, tmp_path):
 
 def test_mnist17_run_would_fill_the_dpa_text_cells(scores_file, repo_root):
     """The paper config's summaries (dataset mnist17, scheme/certificate binary_kmeans, k = m = 13007, d = 1)
-    match both rows of workflow/paper_results/dpa_text.csv."""
+    match both rows of workflow/poisoncert/paper_results/dpa_text.csv."""
     from poisoncert.config import load_config_file
     from poisoncert.papers import compare, load_published
 

@@ -1,4 +1,4 @@
-"""The transcribed published numbers (workflow/paper_results/*.csv) are well-formed and match the papers.
+"""The transcribed published numbers (workflow/poisoncert/paper_results/*.csv) are well-formed and match the papers.
 
 Format checks always run; the comparisons with the paper text read ``shared/papers/`` next to the
 repository (``Path(__file__).parents[2] / "shared" / "papers"``) and are skipped when it is absent.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "workflow" / "paper_results"
+RESULTS = REPO / "workflow" / "poisoncert" / "paper_results"
 PAPERS = Path(__file__).resolve().parents[2] / "shared" / "papers"
 
 COLUMNS = ["paper_file", "table", "row", "dataset", "scheme", "certificate", "k", "d", "n_models",

@@ -16,9 +16,11 @@ from jsonschema.exceptions import best_match
 
 from . import registry
 from .errors import PoisonCertError
+from .package_data import package_path
 from .partition import SELECTION_SCHEMES, n_models
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = package_path("schemas", "config.schema.yaml")
+
 
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as fh:

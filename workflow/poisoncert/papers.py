@@ -1,7 +1,7 @@
 """The papers' published numbers beside ours, cell by cell.
 
-Published numbers live in ``workflow/paper_results/<table>.csv`` (one long-format CSV per paper
-table; see the README there). :func:`compare` matches every published cell with the certificate
+Published numbers live in ``poisoncert/paper_results/<table>.csv``, package data (one long-format
+CSV per paper table; see the README there). :func:`compare` matches every published cell with the certificate
 summary of this run that has the same dataset, scheme, certificate, k and d, and reports ours and
 the difference — or ``not yet run`` when this run has no such ensemble (for example the paper
 configuration needs MNIST and only the digits stand-in ran). Nothing is ever filled in from
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from .errors import PoisonCertError
+from .package_data import package_path
 
 __all__ = ["PAPER_RESULTS", "COLUMNS", "available_tables", "load_published", "our_value", "compare", "render_markdown"]
 
-PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results"
+PAPER_RESULTS = package_path("paper_results")
 COLUMNS = ["paper_file", "table", "row", "dataset", "scheme", "certificate", "k", "d", "n_models", "metric", "radius", "value", "unit", "note"]
 PERCENT_METRICS = {"clean_accuracy", "mean_base_accuracy", "certified_accuracy", "pr_radius_up", "certified_accuracy_distributional"}
 

@@ -8,7 +8,7 @@ HELP = "a transcribed paper table beside this run's numbers"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("table", help="file stem in workflow/paper_results/, e.g. dpa_table1")
+    p.add_argument("table", help="file stem in workflow/poisoncert/paper_results/, e.g. dpa_table1")
     p.add_argument("summaries", nargs="*")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
