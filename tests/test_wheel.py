@@ -61,6 +61,7 @@ def venv(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "venv"
 
 
+@pytest.mark.slow
 def test_wheel_install_validates_and_runs_the_workflow(venv: Path, repo_root: Path, tmp_path: Path):
     python, work = venv / "bin" / "python", tmp_path / "work"
     work.mkdir()
