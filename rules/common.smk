@@ -181,13 +181,13 @@ def has_improvement(exp):
 
 
 def all_targets():
-    figures = ("table.csv", "table.md", "certified_accuracy.png", "certified_accuracy.pdf")
+    figures = ("table.csv", "table.md", "table.html", "certified_accuracy.png", "certified_accuracy.pdf")
     out = []
     for name, exp in config["experiments"].items():
         out += [f"results/{name}/report/{f}" for f in figures]
         if exp["poison_check"]:
             out += [f"{ensemble_dir(name, k, d)}/poison_check.json" for k in exp["k"] for d in exp["d"]]
-    out += [f"results/paper_tables/{t}.{ext}" for t in config["paper_tables"] for ext in ("csv", "md")]
+    out += [f"results/paper_tables/{t}.{ext}" for t in config["paper_tables"] for ext in ("csv", "md", "html")]
     out += [f"results/{name}/report/improvement_over_dpa.{ext}" for name, exp in config["experiments"].items() if has_improvement(exp) for ext in ("png", "pdf")]
     out += ["results/figures/chen_fig2_delta.png", "results/figures/chen_fig2_delta.pdf"]
     datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})

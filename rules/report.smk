@@ -13,10 +13,17 @@ rule report:
     output:
         csv="results/{exp}/report/table.csv",
         md="results/{exp}/report/table.md",
+        html=report(
+            "results/{exp}/report/table.html",
+            caption="../workflow/report/table.rst",
+            category="{exp}",
+            labels={"result": "certified accuracy (table)"},
+        ),
         png=report(
             "results/{exp}/report/certified_accuracy.png",
             caption="../workflow/report/certified_accuracy.rst",
             category="{exp}",
+            labels={"result": "certified accuracy (figure)"},
         ),
         pdf="results/{exp}/report/certified_accuracy.pdf",
     log:
@@ -26,7 +33,7 @@ rule report:
         title=lambda wc: f"{wc.exp} ({experiment(wc)['dataset']}, {experiment(wc)['scheme']})",
     shell:
         "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title '{params.title}' "
-        "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+        "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
 
 
 rule compare:
@@ -36,10 +43,19 @@ rule compare:
     output:
         csv="results/compare/{dataset}/table.csv",
         md="results/compare/{dataset}/table.md",
+        html=report(
+            "results/compare/{dataset}/table.html",
+            caption="../workflow/report/compare_table.rst",
+            category="comparison",
+            subcategory="{dataset}",
+            labels={"result": "certified accuracy (table)"},
+        ),
         png=report(
             "results/compare/{dataset}/certified_accuracy.png",
             caption="../workflow/report/compare.rst",
             category="comparison",
+            subcategory="{dataset}",
+            labels={"result": "certified accuracy (figure)"},
         ),
         pdf="results/compare/{dataset}/certified_accuracy.pdf",
     log:
@@ -48,7 +64,7 @@ rule compare:
         radii=radii_arg(),
     shell:
         "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title 'all methods on {wildcards.dataset}' "
-        "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+        "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
 
 
 rule paper_table:
@@ -58,11 +74,17 @@ rule paper_table:
         published=os.path.join(PAPER_RESULTS, "{table}.csv"),
     output:
         csv="results/paper_tables/{table}.csv",
-        md=report("results/paper_tables/{table}.md", caption="../workflow/report/paper_table.rst", category="paper tables"),
+        md="results/paper_tables/{table}.md",
+        html=report(
+            "results/paper_tables/{table}.html",
+            caption="../workflow/report/paper_table.rst",
+            category="paper tables",
+            labels={"table": "{table}"},
+        ),
     log:
         "results/logs/paper_table/{table}.log",
     shell:
-        "{PYTHON} -m poisoncert paper-table {wildcards.table} {input.summaries} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "{PYTHON} -m poisoncert paper-table {wildcards.table} {input.summaries} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} > {log} 2>&1"
 
 
 rule improvement:
@@ -74,6 +96,7 @@ rule improvement:
             "results/{exp}/report/improvement_over_dpa.png",
             caption="../workflow/report/improvement.rst",
             category="{exp}",
+            labels={"result": "improvement over DPA (figure)"},
         ),
         pdf="results/{exp}/report/improvement_over_dpa.pdf",
     log:
@@ -86,7 +109,12 @@ rule improvement:
 rule delta_figure:
     """Chen et al. Fig. 2: delta(rho) of bagging with/without replacement and binomial selection (analytic)."""
     output:
-        png=report("results/figures/chen_fig2_delta.png", caption="../workflow/report/delta.rst", category="analytic"),
+        png=report(
+            "results/figures/chen_fig2_delta.png",
+            caption="../workflow/report/delta.rst",
+            category="analytic",
+            labels={"result": "Chen et al. Fig. 2, delta(rho) (figure)"},
+        ),
         pdf="results/figures/chen_fig2_delta.pdf",
         csv="results/figures/chen_fig2_delta.csv",
     log:

@@ -17,8 +17,9 @@ import numpy as np
 
 from .errors import PoisonCertError
 from .package_data import package_path
+from .tables import html_page, markdown
 
-__all__ = ["PAPER_RESULTS", "COLUMNS", "available_tables", "load_published", "our_value", "compare", "render_markdown"]
+__all__ = ["PAPER_RESULTS", "COLUMNS", "available_tables", "load_published", "our_value", "compare", "render_markdown", "render_html"]
 
 PAPER_RESULTS = package_path("paper_results")
 COLUMNS = ["paper_file", "table", "row", "dataset", "scheme", "certificate", "k", "d", "n_models", "metric", "radius", "value", "unit", "note"]
@@ -108,16 +109,12 @@ def _fmt(value, metric: str) -> str:
     return f"{float(value):g}"
 
 
-def render_markdown(name: str, table) -> str:
-    """A markdown table: paper row, metric, published, ours, difference, status."""
+def _cells(name: str, table) -> tuple[str, list[str], list[list[str]]]:
+    """Title, header and formatted cells: paper row, metric, published, ours, difference, status."""
     first = table.iloc[0] if len(table) else None
-    title = f"{first['paper_file']} {first['table']}" if first is not None else name
-    lines = [
-        f"## {name}: {title}",
-        "",
-        "| row | dataset | method | k | d | metric | radius | published | ours | difference | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    title = f"{name}: {first['paper_file']} {first['table']}" if first is not None else name
+    header = ["row", "dataset", "method", "k", "d", "metric", "radius", "published", "ours", "difference", "status"]
+    rows = []
     for _, r in table.iterrows():
         radius = "" if _key(r["radius"]) is None else str(_key(r["radius"]))
         d = "" if _key(r["d"]) is None else str(_key(r["d"]))
@@ -127,9 +124,17 @@ def render_markdown(name: str, table) -> str:
         else:
             diff_s = ""
         pub = _fmt(r["value"], r["metric"]) or ("N/A" if "N/A" in str(r.get("note", "")) else "")
-        row_label = str(r["row"]).replace("|", "\\|")
-        lines.append(
-            f"| {row_label} | {r['dataset']} | {r['scheme']}/{r['certificate']} | {_key(r['k']) or ''} | {d} | {r['metric']} | {radius} | "
-            f"{pub} | {_fmt(r['ours'], r['metric'])} | {diff_s} | {r['status']} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([str(r["row"]), r["dataset"], f"{r['scheme']}/{r['certificate']}", str(_key(r["k"]) or ""), d, r["metric"],
+                     radius, pub, _fmt(r["ours"], r["metric"]), diff_s, r["status"]])
+    return title, header, rows
+
+
+def render_markdown(name: str, table) -> str:
+    """A markdown table: paper row, metric, published, ours, difference, status."""
+    title, header, rows = _cells(name, table)
+    return f"## {title}\n\n" + markdown(header, rows)
+
+
+def render_html(name: str, table) -> str:
+    """The same table as a standalone HTML page (its form in ``snakemake --report``)."""
+    return html_page(*_cells(name, table))

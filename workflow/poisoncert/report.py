@@ -11,6 +11,7 @@ import numpy as np
 from .data import atomic_file, atomic_write_text
 from . import registry
 from .errors import PoisonCertError
+from .tables import html_page, markdown
 
 __all__ = [
     "read_summaries",
@@ -82,9 +83,10 @@ def summary_table(summaries: list[dict[str, Any]], radii: list[int]):
     return pd.DataFrame(rows)
 
 
-def _markdown(df) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+def _cells(df) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of a summary table (accuracies in percent, missing values N/A)."""
+    cols = [str(c) for c in df.columns]
+    rows = []
     for _, r in df.iterrows():
         cells = []
         for c in cols:
@@ -95,8 +97,8 @@ def _markdown(df) -> str:
                 cells.append("N/A")
             else:
                 cells.append(str(int(v)) if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return cols, rows
 
 
 def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: str, pdf: str) -> None:
@@ -132,14 +134,19 @@ def plot_certified_accuracy(summaries: list[dict[str, Any]], title: str, png: st
     _save(fig, png, pdf)
 
 
-def write_report(summary_files: list[str], radii: list[int], title: str, out_csv: str, out_md: str, out_png: str, out_pdf: str) -> None:
+def write_report(summary_files: list[str], radii: list[int], title: str, out_csv: str, out_md: str, out_png: str, out_pdf: str,
+                 out_html: str | None = None) -> None:
+    """The summary table (CSV, markdown and, with ``out_html``, an HTML page for the Snakemake report) and the figure."""
     summaries = read_summaries(summary_files)
     df = summary_table(summaries, radii)
     df = df.sort_values(["unit", "scheme", "certificate", "k", "d"], kind="stable").reset_index(drop=True)
+    header, rows = _cells(df)
     atomic_write_text(out_csv, df.to_csv(index=False))
-    atomic_write_text(out_md, f"# {title}\n\n" + _markdown(df))
+    atomic_write_text(out_md, f"# {title}\n\n" + markdown(header, rows))
+    if out_html:
+        atomic_write_text(out_html, html_page(title, header, rows))
     plot_certified_accuracy(summaries, title, out_png, out_pdf)
-    print(_markdown(df))
+    print(markdown(header, rows))
 
 
 def _save(fig, png: str, pdf: str) -> None:
