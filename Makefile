@@ -5,9 +5,9 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 FASHION_MNIST = /usr/share/datasets/fashion-mnist
 
-.PHONY: install data run test test-fast bench
+.PHONY: install data browser run test test-fast bench
 
-install: data
+install: data browser
 	$(PIP_INSTALL) -e '.[dev,slurm]'
 
 # Real, full-size data for every machine: Debian's dataset-fashion-mnist (30 MB, 60,000/10,000 images).
@@ -21,6 +21,19 @@ data:
 	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
 	else \
 	  echo "note: dataset fashion_mnist needs Debian's package: sudo apt-get install dataset-fashion-mnist"; \
+	fi
+
+# Debian's chromium, headless, for the test that opens the Snakemake HTML report in a real browser
+# (tests/test_report_browser.py). Installed when this runs as root with apt-get; otherwise the line says how.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium) (the report's browser test)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium (headless browser for the report's browser test)"; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+	  echo "note: the report's browser test needs Debian's chromium: sudo apt-get install chromium"; \
 	fi
 
 run: install
