@@ -37,10 +37,15 @@ class Chromium:
         self._proc = subprocess.Popen(["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', "sh", *args],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._timeout, self._next_id, self._buffer, self.events = timeout, 0, b"", []
-        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self._session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        self.send("Page.enable", session=True)
-        self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+            self._session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+            self.send("Page.enable", session=True)
+            self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height, deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
 
     def __enter__(self) -> "Chromium":
         return self

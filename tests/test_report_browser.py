@@ -49,7 +49,8 @@ CAPTIONS = {"small_dpa": "in the columns of DPA Table 1", "comparison": "Every m
             "paper tables": "as the paper published it"}
 
 
-def _chromium_or_skip(repo_root: Path) -> None:
+@pytest.fixture(scope="module")
+def chromium(repo_root: Path) -> None:
     """chromium, installed by ``make browser`` (root with apt-get) if it is missing; skip only if that cannot."""
     if find_chromium() is None and shutil.which("make"):
         note = subprocess.run(["make", "-s", "-C", str(repo_root), "browser"], capture_output=True, text=True).stdout.strip()
@@ -60,8 +61,9 @@ def _chromium_or_skip(repo_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def report_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small workflow run and its ``snakemake --report`` (the run's folder; report.html in it)."""
+def report_run(chromium: None, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small workflow run and its ``snakemake --report`` (the run's folder; report.html in it).
+    Needs ``chromium`` first, so a machine without a browser skips before the run."""
     work = tmp_path_factory.mktemp("report")
     (work / "small.yaml").write_text(yaml.safe_dump(SMALL))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "workflow"), os.environ.get("PYTHONPATH", "")]))
@@ -83,8 +85,7 @@ def _show(browser: Chromium, report: Path, category: str, label: str, button: in
 
 
 @pytest.mark.slow
-def test_report_shows_every_table_and_figure_in_a_browser(report_run: Path, repo_root: Path, tmp_path: Path):
-    _chromium_or_skip(repo_root)
+def test_report_shows_every_table_and_figure_in_a_browser(report_run: Path, tmp_path: Path):
     report, shots = report_run / "report.html", tmp_path / "screenshots"
     shots.mkdir()
     with Chromium(tmp_path / "profile") as browser:
