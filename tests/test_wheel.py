@@ -65,7 +65,7 @@ def venv(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_install_validates_and_runs_the_workflow(venv: Path, repo_root: Path, tmp_path: Path):
     python, work = venv / "bin" / "python", tmp_path / "work"
     work.mkdir()
-    where = _run([python, "-c", "import poisoncert.config as c, poisoncert.papers as p; print(c.__file__, c.SCHEMA_PATH, p.PAPER_RESULTS)"], work)
+    where = _run([python, "-c", "import poisoncert, poisoncert.config as c, poisoncert.papers as p; print(poisoncert.__file__, c.SCHEMA_PATH, p.PAPER_RESULTS)"], work)
     for path in where.stdout.split():
         assert Path(path).is_relative_to(venv), where.stdout  # the package and its data are the wheel's
     assert {"dpa_table1", "roe_table6"} <= {p.stem for p in Path(where.stdout.split()[2]).glob("*.csv")}
