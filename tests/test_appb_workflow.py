@@ -1,9 +1,6 @@
 """DPA App. B (binary 2-means SS-DPA, k = m) as a workflow scheme: config, scores file, certificates, a run."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -121,7 +118,7 @@ def test_certificate_rejects_altered_or_foreign_scores(scores_file, tmp_path):
     assert summary["scheme"] == "binary_kmeans" and summary["k"] == 289 and summary["dataset"] == "digits17"
 
 
-def test_end_to_end_appb_workflow(repo_root, tmp_path):
+def test_end_to_end_appb_workflow(repo_root, tmp_path, snakemake):
     cfg = tmp_path / "appb.yaml"
     cfg.write_text(yaml.safe_dump({
         "radii": [0, 10, 100],
@@ -131,10 +128,7 @@ def test_end_to_end_appb_workflow(repo_root, tmp_path):
             "dpa17": {"dataset": "digits17", "scheme": "dpa", "k": [3], "train": {"epochs": 1}},
         },
     }))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "workflow"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(cfg), "--cores", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = snakemake(tmp_path, "--configfile", cfg, "--cores", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout + proc.stderr
     assert "kmeans_scores" in out
