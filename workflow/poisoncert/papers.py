@@ -211,7 +211,7 @@ def _measure(row, matched: list[dict[str, Any]]) -> tuple[float | None, float | 
         return None, None, len(values), "not measured"
     arr = np.asarray(values, dtype=float)
     mean = float(arr.mean())
-    std = float(arr.std()) if wanted > 1 else None
+    std = float(arr.std()) if wanted > 1 and len(arr) > 1 else None
     return mean, std, len(values), "ours: N/A" if math.isnan(mean) else "ours"
 
 
@@ -260,7 +260,8 @@ def _fmt_ours(r) -> str:
         return "N/A"
     text = _fmt(r["ours"], r["metric"])
     if text and (_key(r["trials"]) or 1) > 1:
-        text += f" ± {_fmt(r['ours_std'], r['metric'])} ({int(r['ours_trials'])} of {_key(r['trials'])} trials)"
+        spread = f" ± {_fmt(r['ours_std'], r['metric'])}" if _stated(r["ours_std"]) else ""
+        text += f"{spread} ({int(r['ours_trials'])} of {_key(r['trials'])} trials)"
     return text
 
 
