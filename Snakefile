@@ -14,7 +14,9 @@ if not workflow.overwrite_configfiles:
     sys.path.insert(0, f"{workflow.basedir}/workflow")
     from poisoncert.config import check_yaml_or_exit
 
-    check_yaml_or_exit("config.yaml")  # a syntax error: one line with file, line and column
+    check_yaml_or_exit(
+        "config.yaml"
+    )  # a syntax error: one line with file, line and column
 
     configfile: "config.yaml"
 
@@ -31,6 +33,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -1,7 +1,7 @@
 rule certify:
     """Per-sample prediction and certificate, and a summary (clean/base accuracy, median radius, curve)."""
     input:
-        "results/{exp}/k{k}_d{d}/scores.npz",
+        rules.aggregate.output[0],
     output:
         csv="results/{exp}/k{k}_d{d}/certificates/{cert}.csv",
         json="results/{exp}/k{k}_d{d}/certificates/{cert}.json",
@@ -9,18 +9,20 @@ rule certify:
         "results/logs/certify/{exp}/k{k}_d{d}/{cert}.log",
     benchmark:
         "results/benchmarks/certify/{exp}/k{k}_d{d}/{cert}.tsv"
+    conda:
+        ENV
     params:
         radii=radii_arg(),
     shell:
-        "{PYTHON} -m poisoncert certify {input} --certificate {wildcards.cert} --out-csv {output.csv} "
-        "--out-json {output.json} --radii {params.radii} > {log} 2>&1"
+        "poisoncert certify {input:q} --certificate {wildcards.cert} --out-csv {output.csv:q} "
+        "--out-json {output.json:q} --radii {params.radii} > {log:q} 2>&1"
 
 
 rule poison_check:
     """Attack certified samples with as many poisons as their certificate allows, retrain the affected models, check."""
     input:
         data=dataset_file,
-        scores="results/{exp}/k{k}_d{d}/scores.npz",
+        scores=rules.aggregate.output[0],
     output:
         csv="results/{exp}/k{k}_d{d}/poison_check.csv",
         json="results/{exp}/k{k}_d{d}/poison_check.json",
@@ -28,12 +30,14 @@ rule poison_check:
         "results/logs/poison_check/{exp}/k{k}_d{d}.log",
     benchmark:
         "results/benchmarks/poison_check/{exp}/k{k}_d{d}.tsv"
+    conda:
+        ENV
     threads: config["train_threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
     params:
-        targets=lambda wc: experiment(wc)["poison_check"],
-        certificates=lambda wc: ",".join(experiment(wc)["certificates"]),
+        targets=lookup(dpath="experiments/{exp}/poison_check", within=config),
+        certificates=certificates_arg,
     shell:
-        "{PYTHON} -m poisoncert poison-check --dataset-file {input.data} {input.scores} --targets {params.targets} "
-        "--certificates {params.certificates} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
+        "poisoncert poison-check --dataset-file {input.data:q} {input.scores:q} --targets {params.targets} "
+        "--certificates {params.certificates} --out-csv {output.csv:q} --out-json {output.json:q} > {log:q} 2>&1"

@@ -1,28 +1,28 @@
-# Helpers shared by the rules: config validation, target lists, wildcard constraints.
+# Helpers shared by the rules: config validation, target lists, wildcard constraints, and the
+# named input, param and resource functions the rules use (no logic inside the rules themselves).
 import functools
 import json
 import os
 import re
+import shlex
 import sys
 
-_SRC = os.path.join(workflow.basedir, "workflow")
-if _SRC not in sys.path:
-    sys.path.insert(0, _SRC)
-# the rules call `python -m poisoncert`; make the package importable there too (also without pip install -e)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
-
-from poisoncert import registry  # noqa: E402
-from poisoncert.config import ensembles, validate_config  # noqa: E402
-from poisoncert.errors import PoisonCertError  # noqa: E402
-from poisoncert.papers import PAPER_RESULTS  # noqa: E402
-
 try:
-    _validated = validate_config(config)
+    from poisoncert import registry
+    from poisoncert.config import ensembles, validate_config
+    from poisoncert.errors import PoisonCertError
+    from poisoncert.papers import PAPER_RESULTS
+except ImportError as _exc:
+    sys.exit(
+        f"poisoncert: this Python ({sys.executable}) has no poisoncert package ({_exc}); install it with `make install` (README)"
+    )
+
+# Validate, fill the schema's defaults in place (as snakemake.utils.validate(set_default=True) does),
+# and stop with one line naming the key on a bad config.
+try:
+    config.update(validate_config(config))
 except PoisonCertError as _exc:
-    print(f"poisoncert: invalid config: {_exc}", file=sys.stderr)
-    sys.exit(1)
-config.clear()
-config.update(_validated)
+    sys.exit(f"poisoncert: invalid config: {_exc}")
 
 # glibc returns each large freed buffer to the kernel by default, so every training step's
 # activations become fresh pages to zero: more system time than arithmetic on 2 cores. A fixed
@@ -32,8 +32,14 @@ os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
 os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**36))
 
 ENSEMBLES = ensembles(config)
-PYTHON = sys.executable  # the interpreter running snakemake, which has poisoncert's dependencies
-DEVICE = config["device"]  # passed to the jobs as it is; the rerun trigger is train_runtime()
+#: The conda environment of every rule (`snakemake --sdm conda`); `pip install -e .` provides the same.
+ENV = "../envs/poisoncert.yaml"
+#: GPUs a training job asks the scheduler for (SLURM profile: `resources: gpu`).
+GPUS = 1 if config["device"] == "cuda" else 0
+#: The device a training job is told to use, as configured: each job resolves 'auto' on the node it
+#: runs on. A resource, not a param: 'auto' and the device it resolves to train the same bits, so
+#: the rerun trigger is the resolved device in train_runtime(), not this string.
+DEVICE = config["device"]
 
 
 wildcard_constraints:
@@ -46,12 +52,18 @@ wildcard_constraints:
     table="[A-Za-z0-9_]+",
 
 
-# Schemes that do not train (registry: DPA App. B's binary_kmeans) get their scores.npz from rule
-# kmeans_scores, every other experiment from rule aggregate: two mutually exclusive constraints on
-# {exp}, so no scores file can be made by both rules (the lookahead stops at the '/' after the name).
-_KMEANS_NAMES = "|".join(re.escape(n) for n, e in config["experiments"].items() if not registry.scheme(e["scheme"]).trains)
+# Schemes that do not train (registry: DPA App. B's binary_kmeans) get their scores.npz from the
+# kmeans_scores rule, every other experiment from the aggregate rule. Two mutually exclusive
+# constraints on {exp} make sure no scores file can be made by both (the lookahead stops at the
+# '/' after the name).
+_KMEANS_NAMES = "|".join(
+    re.escape(n)
+    for n, e in config["experiments"].items()
+    if not registry.scheme(e["scheme"]).trains
+)
 KMEANS_EXP = f"(?:{_KMEANS_NAMES})" if _KMEANS_NAMES else "(?!)"  # (?!) matches nothing
-TRAINED_EXP = (f"(?!(?:{_KMEANS_NAMES})/)" if _KMEANS_NAMES else "") + "[A-Za-z0-9][A-Za-z0-9_-]*"
+_NOT_KMEANS = f"(?!(?:{_KMEANS_NAMES})/)" if _KMEANS_NAMES else ""
+TRAINED_EXP = f"{_NOT_KMEANS}[A-Za-z0-9][A-Za-z0-9_-]*"
 
 
 def _torch_version():
@@ -64,28 +76,37 @@ def _torch_version():
 
 
 def _device_kind():
-    """The device 'auto' resolves to, probed without importing torch (for the rerun trigger only)."""
+    """The device the jobs will train on ('auto' resolved as the jobs resolve it), for the rerun trigger."""
     if config["device"] != "auto":
         return config["device"]
-    return "cuda" if os.path.exists("/dev/nvidiactl") else "cpu"
+    from poisoncert.train import resolve_device
+
+    return resolve_device("auto").type
 
 
-TRAIN_RUNTIME = {"threads": config["train_threads"], "device": _device_kind(), "torch": _torch_version()}
+TRAIN_RUNTIME = {
+    "threads": config["train_threads"],
+    "device": _device_kind(),
+    "torch": _torch_version(),
+}
 
 
 def train_runtime():
     """What besides data, partition, seed and training config can change a model's bits (a rule
     param, so a change reruns the training): CPU threads, device kind and torch build. The train
-    job records the runtime it really used; aggregate refuses shards of different runtimes."""
+    job records the runtime it really used; aggregate refuses shards of different runtimes.
+    """
     return TRAIN_RUNTIME
 
 
 def prepare_args(wildcards):
     """Only what can change dataset {dataset}: the embedded datasets read no files (root, download)
-    and the torchvision ones have official splits (split_seed), so neither reruns the other."""
+    and the torchvision ones have official splits (split_seed), so neither reruns the other.
+    """
     if registry.dataset(wildcards.dataset).embedded:
         return f"--seed {config['split_seed']}"
-    return f"--root {config['data_root']}" + (" --download" if config["download"] else "")
+    download = " --download" if config["download"] else ""
+    return f"--root {config['data_root']}{download}"
 
 
 def experiment(wildcards):
@@ -100,7 +121,7 @@ def dataset_file(wildcards):
 @functools.lru_cache(maxsize=None)
 def _train_args(exp):
     e = config["experiments"][exp]
-    args = f"--train-config '{json.dumps(e['train'])}'"
+    args = f"--train-config {shlex.quote(json.dumps(e['train']))}"
     if e["learner"] == "rotnet":
         args += f" --extractor results/{exp}/extractor.pt"
     elif e["two_phase"]:
@@ -110,8 +131,68 @@ def _train_args(exp):
 
 def train_args(wildcards):
     """A train job's flags: the training config (a param: a change retrains) and the shared
-    SS-DPA extractor or 2-phase phi_2 it reads. Cached per experiment: 38,400 jobs share a few."""
+    SS-DPA extractor or 2-phase phi_2 it reads. Cached per experiment: 38,400 jobs share a few.
+    """
     return _train_args(wildcards.exp)
+
+
+def offsets_arg(wildcards):
+    """FA's explicit spread offsets (--offsets), if the experiment gives them."""
+    offsets = experiment(wildcards)["offsets"]
+    return "" if offsets is None else f"--offsets {','.join(map(str, offsets))}"
+
+
+def same_seed_arg(wildcards):
+    return "--same-seed" if experiment(wildcards)["same_seed"] else ""
+
+
+def partition_selection_args(wildcards):
+    return selection_args(experiment(wildcards))
+
+
+def experiment_json(wildcards):
+    """The whole validated experiment, recorded in the scores file's meta (aggregate, kmeans_scores)."""
+    return json.dumps(experiment(wildcards))
+
+
+def extractor_json(wildcards):
+    return json.dumps(experiment(wildcards)["extractor"])
+
+
+def train_json(wildcards):
+    return json.dumps(experiment(wildcards)["train"])
+
+
+def clean_classes_arg(wildcards):
+    return ",".join(map(str, experiment(wildcards)["clean_classes"]))
+
+
+def certificates_arg(wildcards):
+    return ",".join(experiment(wildcards)["certificates"])
+
+
+def report_title(wildcards):
+    e = experiment(wildcards)
+    return f"{wildcards.exp} ({e['dataset']}, {e['scheme']})"
+
+
+def experiment_summaries(wildcards):
+    """Every certificate summary of experiment {exp} (rules report, improvement)."""
+    return certificate_summaries(wildcards.exp)
+
+
+def dataset_summaries(wildcards):
+    """Every certificate summary of the experiments on dataset {dataset} (rule compare)."""
+    return [
+        f
+        for name in experiments_on(wildcards.dataset)
+        for f in certificate_summaries(name)
+    ]
+
+
+def all_summaries(wildcards):
+    """Every certificate summary of the config (rule paper_table)."""
+    return [f for name in config["experiments"] for f in certificate_summaries(name)]
 
 
 def ensemble_dir(exp, k, d):
@@ -137,7 +218,10 @@ def shard_files(wildcards):
 
     exp = experiment(wildcards)
     n = n_models(exp["scheme"], int(wildcards.k), int(wildcards.d), exp["n_models"])
-    return [f"{ensemble_dir(wildcards.exp, wildcards.k, wildcards.d)}/logits/shard{s}.npz" for s in range(n_shards(n))]
+    return [
+        f"{ensemble_dir(wildcards.exp, wildcards.k, wildcards.d)}/logits/shard{s}.npz"
+        for s in range(n_shards(n))
+    ]
 
 
 def certificate_summaries(exp_name):
@@ -156,9 +240,10 @@ def selection_args(exp):
         return ""
     args = f"--n-models {exp['n_models']} --clean-count {exp['clean_count']}"
     if exp["clean_classes"]:
-        args += " --clean-classes " + ",".join(map(str, exp["clean_classes"]))
+        args += f" --clean-classes {','.join(map(str, exp['clean_classes']))}"
     if exp["balance"]:
-        args += " --balance" + (f" --balance-size {exp['balance_size']}" if exp["balance_size"] else "")
+        size = f" --balance-size {exp['balance_size']}" if exp["balance_size"] else ""
+        args += f" --balance{size}"
     if exp["two_phase"]:
         args += " --two-phase"
     return args
@@ -169,7 +254,9 @@ def radii_arg():
 
 
 def experiments_on(dataset):
-    return [name for name, exp in config["experiments"].items() if exp["dataset"] == dataset]
+    return [
+        name for name, exp in config["experiments"].items() if exp["dataset"] == dataset
+    ]
 
 
 def has_improvement(exp):
@@ -181,15 +268,37 @@ def has_improvement(exp):
 
 
 def all_targets():
-    figures = ("table.csv", "table.md", "table.html", "certified_accuracy.png", "certified_accuracy.pdf")
+    figures = (
+        "table.csv",
+        "table.md",
+        "table.html",
+        "certified_accuracy.png",
+        "certified_accuracy.pdf",
+    )
     out = []
     for name, exp in config["experiments"].items():
         out += [f"results/{name}/report/{f}" for f in figures]
         if exp["poison_check"]:
-            out += [f"{ensemble_dir(name, k, d)}/poison_check.json" for k in exp["k"] for d in exp["d"]]
-    out += [f"results/paper_tables/{t}.{ext}" for t in config["paper_tables"] for ext in ("csv", "md", "html")]
-    out += [f"results/{name}/report/improvement_over_dpa.{ext}" for name, exp in config["experiments"].items() if has_improvement(exp) for ext in ("png", "pdf")]
-    out += ["results/figures/chen_fig2_delta.png", "results/figures/chen_fig2_delta.pdf"]
+            out += [
+                f"{ensemble_dir(name, k, d)}/poison_check.json"
+                for k in exp["k"]
+                for d in exp["d"]
+            ]
+    out += [
+        f"results/paper_tables/{t}.{ext}"
+        for t in config["paper_tables"]
+        for ext in ("csv", "md", "html")
+    ]
+    out += [
+        f"results/{name}/report/improvement_over_dpa.{ext}"
+        for name, exp in config["experiments"].items()
+        if has_improvement(exp)
+        for ext in ("png", "pdf")
+    ]
+    out += [
+        "results/figures/chen_fig2_delta.png",
+        "results/figures/chen_fig2_delta.pdf",
+    ]
     datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
     for ds in datasets:
         if len(experiments_on(ds)) > 1:

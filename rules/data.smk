@@ -17,10 +17,12 @@ rule prepare:
         "results/data/{dataset}.npz",
     log:
         "results/logs/prepare/{dataset}.log",
+    conda:
+        ENV
     params:
         args=prepare_args,
     shell:
-        "{PYTHON} -m poisoncert prepare --dataset {wildcards.dataset} --out {output} {params.args} > {log} 2>&1"
+        "poisoncert prepare --dataset {wildcards.dataset} --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule partition:
@@ -31,17 +33,15 @@ rule partition:
         "results/{exp}/k{k}_d{d}/partitions.npz",
     log:
         "results/logs/partition/{exp}/k{k}_d{d}.log",
+    conda:
+        ENV
     params:
-        scheme=lambda wc: experiment(wc)["scheme"],
-        offsets=lambda wc: (
-            "--offsets " + ",".join(map(str, experiment(wc)["offsets"]))
-            if experiment(wc)["offsets"] is not None
-            else ""
-        ),
-        same_seed=lambda wc: "--same-seed" if experiment(wc)["same_seed"] else "",
-        seed_base=lambda wc: experiment(wc)["seed_base"],
-        selection=lambda wc: selection_args(experiment(wc)),
+        scheme=lookup(dpath="experiments/{exp}/scheme", within=config),
+        seed_base=lookup(dpath="experiments/{exp}/seed_base", within=config),
+        offsets=offsets_arg,
+        same_seed=same_seed_arg,
+        selection=partition_selection_args,
     shell:
-        "{PYTHON} -m poisoncert partition --dataset-file {input} --out {output} --scheme {params.scheme} "
+        "poisoncert partition --dataset-file {input:q} --out {output:q} --scheme {params.scheme} "
         "--k {wildcards.k} --d {wildcards.d} {params.offsets} {params.same_seed} --seed-base {params.seed_base} "
-        "{params.selection} > {log} 2>&1"
+        "{params.selection} > {log:q} 2>&1"

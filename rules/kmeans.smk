@@ -4,14 +4,16 @@ rule kmeans_scores:
         dataset_file,
     output:
         "results/{exp}/k{k}_d{d}/scores.npz",
-    wildcard_constraints:
-        exp=KMEANS_EXP,  # only the binary_kmeans experiments (the others: rule aggregate)
     log:
         "results/logs/kmeans_scores/{exp}/k{k}_d{d}.log",
     benchmark:
         "results/benchmarks/kmeans_scores/{exp}/k{k}_d{d}.tsv"
+    wildcard_constraints:
+        exp=KMEANS_EXP,  # only the binary_kmeans experiments (the others: rule aggregate)
+    conda:
+        ENV
     params:
-        experiment=lambda wc: json.dumps(experiment(wc)),
+        experiment=experiment_json,
     shell:
-        "{PYTHON} -m poisoncert kmeans-scores --dataset-file {input} --out {output} "
-        "--experiment '{params.experiment}' > {log} 2>&1"
+        "poisoncert kmeans-scores --dataset-file {input:q} --out {output:q} "
+        "--experiment {params.experiment:q} > {log:q} 2>&1"

@@ -9,7 +9,7 @@ localrules:
 rule report:
     """Certified-accuracy table (DPA Table 1 columns) and figure for one experiment."""
     input:
-        lambda wc: certificate_summaries(wc.exp),
+        experiment_summaries,
     output:
         csv="results/{exp}/report/table.csv",
         md="results/{exp}/report/table.md",
@@ -28,18 +28,20 @@ rule report:
         pdf="results/{exp}/report/certified_accuracy.pdf",
     log:
         "results/logs/report/{exp}.log",
+    conda:
+        ENV
     params:
         radii=radii_arg(),
-        title=lambda wc: f"{wc.exp} ({experiment(wc)['dataset']}, {experiment(wc)['scheme']})",
+        title=report_title,
     shell:
-        "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title '{params.title}' "
-        "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+        "poisoncert report {input:q} --radii {params.radii} --title {params.title:q} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} --out-html {output.html:q} --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 rule compare:
     """All methods run on one dataset side by side: one table, one figure with a panel per unit."""
     input:
-        lambda wc: [f for name in experiments_on(wc.dataset) for f in certificate_summaries(name)],
+        dataset_summaries,
     output:
         csv="results/compare/{dataset}/table.csv",
         md="results/compare/{dataset}/table.md",
@@ -60,17 +62,19 @@ rule compare:
         pdf="results/compare/{dataset}/certified_accuracy.pdf",
     log:
         "results/logs/compare/{dataset}.log",
+    conda:
+        ENV
     params:
         radii=radii_arg(),
     shell:
-        "{PYTHON} -m poisoncert report {input} --radii {params.radii} --title 'all methods on {wildcards.dataset}' "
-        "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+        "poisoncert report {input:q} --radii {params.radii} --title 'all methods on {wildcards.dataset}' "
+        "--out-csv {output.csv:q} --out-md {output.md:q} --out-html {output.html:q} --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 rule paper_table:
     """A paper's published table beside this run's numbers, cell by cell ("not yet run" where we have none)."""
     input:
-        summaries=lambda wc: [f for name in config["experiments"] for f in certificate_summaries(name)],
+        summaries=all_summaries,
         published=os.path.join(PAPER_RESULTS, "{table}.csv"),
     output:
         csv="results/paper_tables/{table}.csv",
@@ -83,14 +87,16 @@ rule paper_table:
         ),
     log:
         "results/logs/paper_table/{table}.log",
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m poisoncert paper-table {wildcards.table} {input.summaries} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} > {log} 2>&1"
+        "poisoncert paper-table {wildcards.table} {input.summaries:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 
 rule improvement:
     """Certified accuracy of FA / ROE minus plain DPA on the same partitions (FA Fig. 3 right, ROE Fig. 2 bottom)."""
     input:
-        lambda wc: certificate_summaries(wc.exp),
+        experiment_summaries,
     output:
         png=report(
             "results/{exp}/report/improvement_over_dpa.png",
@@ -101,9 +107,11 @@ rule improvement:
         pdf="results/{exp}/report/improvement_over_dpa.pdf",
     log:
         "results/logs/improvement/{exp}.log",
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m poisoncert improvement {input} --title '{wildcards.exp}: improvement over DPA' "
-        "--out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
+        "poisoncert improvement {input:q} --title '{wildcards.exp}: improvement over DPA' "
+        "--out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 rule delta_figure:
@@ -119,5 +127,7 @@ rule delta_figure:
         csv="results/figures/chen_fig2_delta.csv",
     log:
         "results/logs/delta_figure.log",
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m poisoncert delta-figure --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv} > {log} 2>&1"
+        "poisoncert delta-figure --out-png {output.png:q} --out-pdf {output.pdf:q} --out-csv {output.csv:q} > {log:q} 2>&1"

@@ -8,15 +8,18 @@ rule extractor:
         "results/logs/extractor/{exp}.log",
     benchmark:
         "results/benchmarks/extractor/{exp}.tsv"
+    conda:
+        ENV
     threads: config["train_threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        device=DEVICE,
     params:
-        cfg=lambda wc: json.dumps(experiment(wc)["extractor"]),
+        cfg=extractor_json,
         runtime=train_runtime(),
     shell:
-        "{PYTHON} -m poisoncert extractor --dataset-file {input} --out {output} --config '{params.cfg}' "
-        "--device {DEVICE} > {log} 2>&1"
+        "poisoncert extractor --dataset-file {input:q} --out {output:q} --config {params.cfg:q} "
+        "--device {resources.device} > {log:q} 2>&1"
 
 
 rule phase2:
@@ -29,60 +32,68 @@ rule phase2:
         "results/logs/phase2/{exp}.log",
     benchmark:
         "results/benchmarks/phase2/{exp}.tsv"
+    conda:
+        ENV
     threads: config["train_threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        device=DEVICE,
     params:
-        clean=lambda wc: ",".join(map(str, experiment(wc)["clean_classes"])),
-        train=lambda wc: json.dumps(experiment(wc)["train"]),
-        seed=lambda wc: experiment(wc)["seed_base"],
+        clean=clean_classes_arg,
+        train=train_json,
+        seed=lookup(dpath="experiments/{exp}/seed_base", within=config),
         runtime=train_runtime(),
     shell:
-        "{PYTHON} -m poisoncert phase2 --dataset-file {input} --out {output} --clean-classes {params.clean} "
-        "--train-config '{params.train}' --seed {params.seed} --device {DEVICE} --threads {threads} > {log} 2>&1"
+        "poisoncert phase2 --dataset-file {input:q} --out {output:q} --clean-classes {params.clean} "
+        "--train-config {params.train:q} --seed {params.seed} --device {resources.device} --threads {threads} > {log:q} 2>&1"
 
 
 rule train:
     """Train one shard of base models (vectorised, deterministic) and write their test-set logits."""
-    message:
-        "train {wildcards.exp} k={wildcards.k} d={wildcards.d} shard {wildcards.shard} (progress: tail -f {log})"
     input:
         unpack(train_extra_inputs),
         data=dataset_file,
-        partitions="results/{exp}/k{k}_d{d}/partitions.npz",
+        partitions=rules.partition.output[0],
     output:
         "results/{exp}/k{k}_d{d}/logits/shard{shard}.npz",
     log:
         "results/logs/train/{exp}/k{k}_d{d}/shard{shard}.log",
     benchmark:
         "results/benchmarks/train/{exp}/k{k}_d{d}/shard{shard}.tsv"
+    conda:
+        ENV
     threads: config["train_threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        device=DEVICE,
     params:
         args=train_args,
         shard_size=config["shard_size"],
         runtime=train_runtime(),
+    message:
+        "train {wildcards.exp} k={wildcards.k} d={wildcards.d} shard {wildcards.shard} (progress: tail -f {log})"
     shell:
-        "{PYTHON} -m poisoncert train --dataset-file {input.data} --partitions {input.partitions} --out {output} "
+        "poisoncert train --dataset-file {input.data:q} --partitions {input.partitions:q} --out {output:q} "
         "--shard {wildcards.shard} --shard-size {params.shard_size} {params.args} "
-        "--device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--device {resources.device} --threads {threads} > {log:q} 2>&1"
 
 
 rule aggregate:
     """Gather the per-shard logits into the scores file (n_test, n_models, n_classes)."""
     input:
         data=dataset_file,
-        partitions="results/{exp}/k{k}_d{d}/partitions.npz",
+        partitions=rules.partition.output[0],
         shards=shard_files,
     output:
         "results/{exp}/k{k}_d{d}/scores.npz",
-    wildcard_constraints:
-        exp=TRAINED_EXP,  # not the binary_kmeans experiments (rule kmeans_scores)
     log:
         "results/logs/aggregate/{exp}/k{k}_d{d}.log",
+    wildcard_constraints:
+        exp=TRAINED_EXP,  # not the binary_kmeans experiments (rule kmeans_scores)
+    conda:
+        ENV
     params:
-        experiment=lambda wc: json.dumps(experiment(wc)),
+        experiment=experiment_json,
     shell:
-        "{PYTHON} -m poisoncert aggregate --dataset-file {input.data} --partitions {input.partitions} "
-        "--out {output} --experiment '{params.experiment}' {input.shards} > {log} 2>&1"
+        "poisoncert aggregate --dataset-file {input.data:q} --partitions {input.partitions:q} "
+        "--out {output:q} --experiment {params.experiment:q} {input.shards:q} > {log:q} 2>&1"

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,3 +25,25 @@ def rng():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def snakemake_env(extra: dict | None = None) -> dict:
+    """The environment the workflow tests run Snakemake in: this checkout's package first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "workflow"), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def snakemake():
+    """Run this repository's workflow: ``snakemake(workdir, *args, timeout=900)`` -> CompletedProcess.
+
+    The one way the tests start Snakemake (``-s Snakefile --directory workdir``, output captured).
+    """
+
+    def run(workdir, *args, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(env), timeout=timeout)
+
+    return run

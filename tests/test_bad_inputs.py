@@ -286,14 +286,12 @@ def test_random_malformed_configs_are_one_line_in_process(case):
 @pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=bad_configs)
-def test_random_malformed_configs_stop_snakemake_with_one_line(repo_root, tmp_path_factory, case):
+def test_random_malformed_configs_stop_snakemake_with_one_line(repo_root, tmp_path_factory, snakemake, case):
     kind, key, data = case
     work = tmp_path_factory.mktemp("badcfg")
     cfg = work / "bad.yaml"
     cfg.write_text(yaml.safe_dump(_bad_config(kind, key, data)))
-    env = {**os.environ, "PYTHONPATH": str(repo_root / "workflow")}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "-d", str(work), "-n", "--cores", "1", "--configfile", str(cfg)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = snakemake(work, "-n", "--cores", "1", "--configfile", cfg, timeout=120)
     assert proc.returncode != 0
     assert len(_one_error_line(proc.stderr)) == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (work / "results").exists()

@@ -8,8 +8,6 @@ missing MNIST / CIFAR-10 / GTSRB files do not matter).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -117,10 +115,8 @@ def test_configs_are_plain_yaml_mappings():
 
 
 @pytest.mark.parametrize("name", ["roe_table3_gtsrb.yaml", "fa_table1_cifar10.yaml", "fashion_mnist.yaml"])
-def test_snakemake_dry_run_of_paper_config(tmp_path: Path, name: str):
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(CONFIG / name), "--cores", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+def test_snakemake_dry_run_of_paper_config(tmp_path: Path, name: str, snakemake):
+    proc = snakemake(tmp_path, "-n", "--configfile", CONFIG / name, "--cores", "1", timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     cfg = load_config_file(CONFIG / name)

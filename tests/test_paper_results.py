@@ -19,6 +19,7 @@ RESULTS = REPO / "workflow" / "poisoncert" / "paper_results"
 PAPERS = Path(__file__).resolve().parents[2] / "shared" / "papers"
 
 COLUMNS = ["paper_file", "table", "row", "dataset", "scheme", "certificate", "k", "d", "n_models",
+           "learner", "same_seed", "alpha", "poisoning_model", "n_clean", "trials",
            "metric", "radius", "value", "unit", "note"]
 PAPER_FILES = {"000_6138d30384efc097.txt", "001_e5982261986cb827.txt", "002_76a9d87e4b50d8fc.txt",
                "003_065516abf582c8df.txt", "004_1be3f148c9e50cc6.txt"}
@@ -27,8 +28,10 @@ SCHEMES = {"dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial
 CERTIFICATES = {"dpa", "fa", "dpa_roe", "fa_roe", "dpa_star_roe", "bagging", "random_selection", "binary_kmeans"}
 FRACTION_METRICS = {"clean_accuracy", "mean_base_accuracy", "certified_accuracy", "pr_radius_up",
                     "certified_accuracy_distributional"}
-METRICS = FRACTION_METRICS | {"median_certified_radius", "mean_radius_increase", "train_minutes_per_partition"}
-UNITS = {"fraction", "insertions+deletions", "label flips", "minutes"}
+RADIUS_METRICS = {"median_certified_radius", "zero_radius"}
+METRICS = FRACTION_METRICS | RADIUS_METRICS | {"mean_radius_increase", "train_minutes_per_partition"}
+UNITS = {"fraction", "insertions+deletions", "label flips", "poisoned samples", "minutes"}
+LEARNERS = {"supervised", "rotnet", "binary_kmeans"}
 CSV_FILES = sorted(RESULTS.glob("*.csv"))
 
 needs_papers = pytest.mark.skipif(not PAPERS.is_dir(), reason=f"paper texts not found at {PAPERS}")
@@ -89,8 +92,14 @@ def test_csv_columns_and_values(path: Path):
         assert r["certificate"] in CERTIFICATES, where
         assert r["metric"] in METRICS, where
         assert r["unit"] in UNITS, where
-        for key in ("k", "d", "n_models"):
+        for key in ("k", "d", "n_models", "trials"):
             assert r[key].isdigit() and int(r[key]) >= 1, f"{where}: {key}={r[key]!r}"
+        assert r["learner"] in LEARNERS, f"{where}: learner={r['learner']!r}"
+        # the run columns a paper does not state are empty (any run matches)
+        assert r["same_seed"] in ("", "true", "false"), f"{where}: same_seed={r['same_seed']!r}"
+        assert r["alpha"] == "" or 0 < float(r["alpha"]) < 1, f"{where}: alpha={r['alpha']!r}"
+        assert r["poisoning_model"] in ("", "P1", "P2", "P3", "P4", "P5", "P6"), f"{where}: poisoning_model={r['poisoning_model']!r}"
+        assert r["n_clean"] == "" or r["n_clean"].isdigit(), f"{where}: n_clean={r['n_clean']!r}"
         k, d, n = int(r["k"]), int(r["d"]), int(r["n_models"])
         if r["scheme"] in ("fa", "dpa_star"):
             assert n == k * d, where
@@ -106,7 +115,7 @@ def test_csv_columns_and_values(path: Path):
         v = Decimal(r["value"])
         if r["metric"] in FRACTION_METRICS:
             assert r["unit"] == "fraction" and 0 <= v <= 1, f"{where}: {v} is not a fraction"
-        elif r["metric"] == "median_certified_radius":
+        elif r["metric"] in RADIUS_METRICS:
             assert r["value"].isdigit(), f"{where}: radius {r['value']!r} is not an integer"
         else:
             assert v >= 0, where
@@ -270,6 +279,6 @@ def test_text_numbers_in_papers():
     chen = squash(paper_text("004_1be3f148c9e50cc6.txt"))
     assert "scheme 3 decreases to 0% at 868 while scheme 1,2 are at 855, 857" in chen
     for r in read(RESULTS / "chen_text.csv")[1]:
-        assert r["value"] == "0" and r["radius"] in {"868", "855", "857"}
+        assert r["metric"] == "zero_radius" and r["radius"] == "" and r["value"] in {"868", "855", "857"}
     dpa = squash(paper_text("000_6138d30384efc097.txt"))
     assert "certified accuracy is also 95.5% at 5952 label flips" in dpa

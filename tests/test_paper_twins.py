@@ -4,9 +4,6 @@ The twins share one working directory, as a user reproducing several tables woul
 with the same name are the same ensemble (tests/test_paper_configs.py checks that) and train once.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +22,8 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", TWINS, ids=[p.stem for p in TWINS])
-def test_digits_twin_runs_and_renders(workdir, cfg):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "workflow"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(cfg), "--cores", "2", "--quiet", "all"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+def test_digits_twin_runs_and_renders(workdir, cfg, snakemake):
+    proc = snakemake(workdir, "--configfile", cfg, "--cores", "2", "--quiet", "all", timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = load_config_file(cfg)
     for name in config["experiments"]:

@@ -10,10 +10,8 @@ row count of the CSV the workflow wrote. Screenshots of every view are saved in 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -61,15 +59,13 @@ def chromium(repo_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def report_run(chromium: None, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def report_run(chromium: None, snakemake, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small workflow run and its ``snakemake --report`` (the run's folder; report.html in it).
     Needs ``chromium`` first, so a machine without a browser skips before the run."""
     work = tmp_path_factory.mktemp("report")
     (work / "small.yaml").write_text(yaml.safe_dump(SMALL))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "workflow"), os.environ.get("PYTHONPATH", "")]))
-    base = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(work), "--configfile", str(work / "small.yaml")]
-    for extra in (["--cores", "2"], ["--report", str(work / "report.html")]):
-        proc = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=900)
+    for extra in (["--cores", "2"], ["--report", work / "report.html"]):
+        proc = snakemake(work, "--configfile", work / "small.yaml", *extra)
         assert proc.returncode == 0, proc.stderr[-4000:]
     return work
 

@@ -1,9 +1,6 @@
 """Chen et al. Algorithm 3 (2-phase classifiers, case 3): relabelling, combination, config, balance, a run."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -103,15 +100,12 @@ def test_balance_uses_the_merged_labels(digits):
     assert np.array_equal(nb.indices, make_selections(x, y, "bagging", 30, 40, clean_classes=clean).indices)
 
 
-def test_end_to_end_two_phase(repo_root, tmp_path):
+def test_end_to_end_two_phase(repo_root, tmp_path, snakemake):
     cfg = tmp_path / "tp.yaml"
     exp = {"dataset": "digits", "scheme": "bagging", "k": [20], "n_models": 4, "clean_classes": [0, 1, 2, 3, 4, 5, 6, 7, 8],
            "balance": True, "balance_size": 60, "certificates": ["random_selection"], "train": {"epochs": 2}}
     cfg.write_text(yaml.safe_dump({"shard_size": 2, "radii": [0, 1], "experiments": {"tp": {**exp, "two_phase": True}}}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "workflow"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(cfg), "--cores", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = snakemake(tmp_path, "--configfile", cfg, "--cores", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = tmp_path / "results" / "tp"
     from poisoncert.data import read_dataset

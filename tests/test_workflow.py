@@ -1,44 +1,27 @@
 """The Snakemake workflow itself: dry runs of the configs, and a tiny end-to-end run."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _env(repo_root):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root / "workflow"), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _snakemake(repo_root, workdir, *args, timeout=900):
-    cmd = SNAKEMAKE + ["-s", str(repo_root / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(repo_root), timeout=timeout)
-
-
-def test_default_config_dry_run(repo_root, tmp_path):
+def test_default_config_dry_run(repo_root, tmp_path, snakemake):
     shutil.copy(repo_root / "config.yaml", tmp_path / "config.yaml")
-    proc = _snakemake(repo_root, tmp_path, "-n", "--cores", "2")
+    proc = snakemake(tmp_path, "-n", "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     for rule in ("prepare", "partition", "train", "aggregate", "certify", "report"):
         assert f"rule {rule}:" in out or f"{rule} " in out
 
 
-def test_bad_config_stops_before_any_job(repo_root, tmp_path):
+def test_bad_config_stops_before_any_job(repo_root, tmp_path, snakemake):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"experiments": {"x": {"dataset": "digits", "scheme": "dpa", "k": [0]}}}))
-    proc = _snakemake(repo_root, tmp_path, "-n", "--cores", "1", "--configfile", str(cfg))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(cfg))
     assert proc.returncode != 0
     lines = [l for l in proc.stderr.splitlines() if "poisoncert" in l]
     assert lines == ["poisoncert: invalid config: config key experiments.x.k[0]: 0 is less than the minimum of 1"]
@@ -65,10 +48,10 @@ TINY = {
 
 
 @pytest.mark.slow
-def test_end_to_end_tiny_workflow(repo_root, tmp_path):
+def test_end_to_end_tiny_workflow(repo_root, tmp_path, snakemake):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    proc = _snakemake(repo_root, tmp_path, "--cores", "2", "--configfile", str(cfg))
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = tmp_path / "results"
     from poisoncert import certify
@@ -114,7 +97,7 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path):
     def dry(cfg_dict):
         path = tmp_path / "rerun.yaml"
         path.write_text(yaml.safe_dump(cfg_dict))
-        proc = _snakemake(repo_root, tmp_path, "-n", "--cores", "2", "--configfile", str(path))
+        proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(path))
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 

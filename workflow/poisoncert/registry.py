@@ -53,10 +53,12 @@ __all__ = [
     "DatasetRecord",
     "SCHEMES",
     "CERTIFICATES",
+    "PARAMETER_DEFAULTS",
     "LEARNERS",
     "DATASETS",
     "scheme",
     "certificate",
+    "certificate_parameters",
     "dataset",
     "threat_unit",
     "ensemble_threat",
@@ -97,6 +99,11 @@ FLAGS: dict[str, str] = {
     "n_clean": "--clean-size",
     "scheme": "--scheme",
 }
+
+
+#: Certificate parameters -> the value a certificate uses when neither the scores metadata nor the
+#: recorded experiment config sets one (the config schema's defaults).
+PARAMETER_DEFAULTS: dict[str, Any] = {"alpha": 0.001, "poisoning_model": "P6", "n_clean": 0}
 
 
 def _meta_value(meta: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -148,7 +155,7 @@ def _selection_sizes(scores: np.ndarray, meta: Mapping[str, Any]) -> tuple[np.nd
     counts = certify.vote_counts(certify.votes(scores), scores.shape[2])
     (train_size,) = _need(meta, ("train_size",), FLAGS)
     subsample = meta.get("subsample_size") or _need(meta, ("k",), {"k": "--k or --subsample-size"})[0]
-    return counts, int(train_size), int(subsample), certify.check_alpha(_meta_value(meta, "alpha", 0.001))
+    return counts, int(train_size), int(subsample), certify.check_alpha(_meta_value(meta, "alpha", PARAMETER_DEFAULTS["alpha"]))
 
 
 def _cert_bagging(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
@@ -164,7 +171,7 @@ def _cert_bagging(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certif
 def _cert_random_selection(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certificate:
     counts, n, k, alpha = _selection_sizes(scores, meta)
     (name,) = _need(meta, ("scheme",), FLAGS)
-    model = _meta_value(meta, "poisoning_model", "P6")
+    model = _meta_value(meta, "poisoning_model", PARAMETER_DEFAULTS["poisoning_model"])
     return certify.random_selection(counts, name, n, k, alpha, model, clean_size=int(meta.get("n_clean") or 0))
 
 
@@ -193,7 +200,8 @@ class CertificateRecord:
     stochastic certificates and ``None`` for the deterministic ones, whose unit is the
     ensemble's threat unit (:func:`threat_unit`); ``baseline`` is the certificate of plain DPA
     voting on the same ensemble, for the improvement figures; ``statistics`` adds a paper's
-    extra numbers to the summary.
+    extra numbers to the summary; ``parameters`` are the :data:`PARAMETER_DEFAULTS` keys it reads
+    (recorded in the summary: they change its numbers).
     """
 
     name: str
@@ -205,6 +213,7 @@ class CertificateRecord:
     aggregation: str = "plurality"
     baseline: str | None = None
     statistics: Callable[[np.ndarray, np.ndarray, Mapping[str, Any]], dict[str, Any]] | None = None
+    parameters: tuple[str, ...] = ()
 
     @property
     def deterministic(self) -> bool:
@@ -221,11 +230,12 @@ CERTIFICATES: dict[str, CertificateRecord] = {
         CertificateRecord("dpa_star_roe", "DPA*+ROE", "003, Section 4.1 and Theorem 3.4", _cert_dpa_roe, aggregation="roe", baseline="dpa"),
         CertificateRecord(
             "bagging", "bagging (Jia)", "002, Theorem 1 with SimuEM (eqs. 5-6)", _cert_bagging,
-            needs=("train_size", "k"), unit="modified+deleted+inserted (Jia B(D, r))",
+            needs=("train_size", "k"), unit="modified+deleted+inserted (Jia B(D, r))", parameters=("alpha",),
         ),
         CertificateRecord(
             "random_selection", "random selection (Chen)", "004, Theorem 1, Corollaries 1-3", _cert_random_selection,
             needs=("train_size", "k", "scheme"), unit="poisoned samples (Chen poisoning model)",
+            parameters=("alpha", "poisoning_model", "n_clean"),
         ),
         CertificateRecord("binary_kmeans", "App. B 2-means", "000, Appendix B (closed form)", _cert_binary_kmeans, needs=("binary_kmeans",)),
     )
@@ -404,6 +414,17 @@ def scheme(name: Any) -> Scheme:
 def certificate(name: Any) -> CertificateRecord:
     """The certificate record ``name``."""
     return _lookup(CERTIFICATES, name, "certificate")
+
+
+def certificate_parameters(name: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters certificate ``name`` is computed with on an ensemble of metadata ``meta``.
+
+    >>> certificate_parameters("random_selection", {"alpha": 0.01, "experiment": {"poisoning_model": "P1"}})
+    {'alpha': 0.01, 'poisoning_model': 'P1', 'n_clean': 0}
+    >>> certificate_parameters("dpa", {})
+    {}
+    """
+    return {p: _meta_value(meta, p, PARAMETER_DEFAULTS[p]) for p in certificate(name).parameters}
 
 
 def dataset(name: Any) -> DatasetRecord:

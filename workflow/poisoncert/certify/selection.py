@@ -80,8 +80,10 @@ the margin :data:`CERT_TOL` (conservative).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PoisonCertError
 from ._binomial import CERT_TOL, check_size, check_vote_counts, simuem_bounds
@@ -127,14 +129,14 @@ _MODEL_ALIASES = {
 }
 
 
-def _scheme(name) -> str:
+def _scheme(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
     if key not in _SCHEME_ALIASES:
         raise PoisonCertError(f"unknown random selection scheme {name!r}; choose one of {', '.join(SCHEMES)}")
     return _SCHEME_ALIASES[key]
 
 
-def _model(name) -> str:
+def _model(name: str) -> str:
     key = str(name).strip().lower().replace(" ", "").replace("/", "+").replace(",", "+")
     if key not in _MODEL_ALIASES:
         raise PoisonCertError(
@@ -144,7 +146,7 @@ def _model(name) -> str:
     return _MODEL_ALIASES[key]
 
 
-def _setup(scheme, train_size, subsample_size, clean_size) -> tuple[str, int, int]:
+def _setup(scheme: str, train_size: int, subsample_size: int, clean_size: int) -> tuple[str, int, int]:
     scheme = _scheme(scheme)
     total = check_size(train_size, "train_size", 1)
     n_c = check_size(clean_size, "clean_size", 0)
@@ -162,7 +164,7 @@ def _setup(scheme, train_size, subsample_size, clean_size) -> tuple[str, int, in
     return scheme, n, ns
 
 
-def _log_ratio_fn(scheme: str, n: int, ns: int, x_lo: int, x_hi: int, n_points: int = 1):
+def _log_ratio_fn(scheme: str, n: int, ns: int, x_lo: int, x_hi: int, n_points: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """``x -> log R(x)`` valid for integer ``x`` in ``[x_lo, x_hi]`` (``x_lo <= n <= x_hi``).
 
     ``n_points``: about how many ``x`` one call evaluates; for bagging without replacement it
@@ -210,7 +212,7 @@ def _log_ratio_fn(scheme: str, n: int, ns: int, x_lo: int, x_hi: int, n_points: 
     return f
 
 
-def selection_ratio(x, scheme, train_size, subsample_size, clean_size=0) -> np.ndarray:
+def selection_ratio(x: ArrayLike, scheme: str, train_size: int, subsample_size: int, clean_size: int = 0) -> np.ndarray:
     """``R(x)`` for the scheme: ``(x/n)^{n_s}``, ``C(x, n_s)/C(n, n_s)`` or ``(1 - n_s/n)^{n - x}``."""
     scheme, n, ns = _setup(scheme, train_size, subsample_size, clean_size)
     x = np.asarray(x, dtype=np.int64)
@@ -268,7 +270,9 @@ def _delta(rho: np.ndarray, scheme: str, n: int, ns: int, model: str) -> np.ndar
     return np.max(np.stack([f(m) for m in cands]), axis=0)
 
 
-def selection_delta(rho, scheme, train_size, subsample_size, poisoning_model="P6", clean_size=0) -> np.ndarray:
+def selection_delta(
+    rho: ArrayLike, scheme: str, train_size: int, subsample_size: int, poisoning_model: str = "P6", clean_size: int = 0
+) -> np.ndarray:
     """``delta(rho)`` of Corollaries 1-3 under a poisoning model (Chen Fig. 2 plots P6).
 
     ``p_1 - p_2 > delta(rho)`` certifies attacks of size ``rho`` (in the unit of the model).
@@ -285,7 +289,13 @@ def selection_delta(rho, scheme, train_size, subsample_size, poisoning_model="P6
 
 
 def random_selection_radius(
-    p_lower, p_upper, scheme, train_size, subsample_size, poisoning_model="P6", clean_size=0
+    p_lower: ArrayLike,
+    p_upper: ArrayLike,
+    scheme: str,
+    train_size: int,
+    subsample_size: int,
+    poisoning_model: str = "P6",
+    clean_size: int = 0,
 ) -> np.ndarray:
     """Largest ``rho`` with ``p_1 - p_2 > delta(rho)`` (Theorem 1, Algorithm 1 line 5), per sample.
 
@@ -306,12 +316,12 @@ def random_selection_radius(
 
 
 def random_selection(
-    counts,
-    scheme,
-    train_size,
-    subsample_size,
+    counts: ArrayLike,
+    scheme: str,
+    train_size: int,
+    subsample_size: int,
     alpha: float,
-    poisoning_model="P6",
+    poisoning_model: str = "P6",
     *,
     clean_size: int = 0,
     alpha_split: str = "chen",

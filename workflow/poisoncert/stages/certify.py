@@ -89,6 +89,7 @@ def certify_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
         "n_models": int(scores.shape[1]),
         "mean_base_accuracy": maths.mean_base_accuracy(counts, labels),
         **maths.summary_metrics(cert.prediction, cert.radius, labels, radii),
+        "parameters": registry.certificate_parameters(name, meta),
     }
     if rec.statistics is not None:
         summary["extra"] = rec.statistics(scores, labels, meta)
@@ -102,7 +103,11 @@ def certify_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
 
 
 def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii: list[int], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Certify a scores file; write the per-sample CSV and the summary JSON."""
+    """Certify a scores file; write the per-sample CSV and the summary JSON.
+
+    The summary also records the ensemble's experiment config (as the scores metadata has it) and
+    the certificate's parameters: the paper tables (:mod:`poisoncert.papers`) match cells on them.
+    """
     import pandas as pd
 
     registry.certificate(name)
@@ -113,7 +118,7 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
     meta = check_meta(merge_flags(meta, supplied, parameters), "the scores metadata with the command-line values")
     columns, summary = certify_scores(scores, labels, meta, name, radii)
     summary["scores_file"] = str(scores_file)
-    for key in ("scheme", "k", "d", "dataset", "dataset_hash", "device", "shard_size"):
+    for key in ("scheme", "k", "d", "dataset", "dataset_hash", "device", "shard_size", "experiment"):
         if key in meta:
             summary[key] = meta[key]
     summary["scheme"] = summary["threat_model"]["scheme"]

@@ -1,0 +1,73 @@
+"""poisoncert.models: every architecture builds, the batched (stacked) forward equals each model's
+own forward, and the FLOP count the benchmarks divide by is the textbook one."""
+
+import numpy as np
+import pytest
+import torch
+
+from poisoncert.errors import PoisonCertError
+from poisoncert.models import ARCHITECTURES, BatchedContext, batched_forward, build_model, training_flops_per_sample
+from poisoncert.models import forward_flops_per_sample
+
+SHAPES = {"small_cnn": (1, 8, 8), "mlp": (1, 8, 8), "lenet": (1, 28, 28), "nin": (1, 28, 28), "resnet18": (3, 32, 32)}
+
+
+def test_every_architecture_has_a_test_shape():
+    assert set(SHAPES) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_build_model_gives_logits(arch):
+    c, h, w = SHAPES[arch]
+    torch.manual_seed(0)
+    model = build_model(arch, c, h, w, 7).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(3, c, h, w))
+    assert out.shape == (3, 7)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_batched_forward_equals_each_models_own_forward(arch):
+    c, h, w = SHAPES[arch]
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = build_model(arch, c, h, w, 5).eval()
+        with torch.no_grad():  # non-trivial running statistics, different per model
+            for name, buf in m.named_buffers():
+                if name.endswith("running_mean"):
+                    buf.normal_(0.0, 0.1)
+                elif name.endswith("running_var"):
+                    buf.uniform_(0.5, 1.5)
+        models.append(m)
+    state = {name: torch.stack([m.state_dict()[name] for m in models]) for name in models[0].state_dict()}
+    x = [torch.randn(4, c, h, w, generator=torch.Generator().manual_seed(10 + i)) for i in range(2)]
+    with torch.no_grad():
+        out = batched_forward(models[0], state, torch.cat(x, dim=1), BatchedContext(2, None))
+        own = torch.stack([m(xi) for m, xi in zip(models, x)])
+    assert out.shape == (2, 4, 5)
+    torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_architecture_and_bad_sizes_are_one_line_errors():
+    with pytest.raises(PoisonCertError, match="unknown architecture 'vgg'; valid ones: lenet, mlp"):
+        build_model("vgg", 1, 8, 8, 10)
+    with pytest.raises(PoisonCertError, match="n_classes must be >= 1"):
+        build_model("mlp", 1, 8, 8, 0)
+    with pytest.raises(PoisonCertError, match="lenet needs images of at least 12x12"):
+        build_model("lenet", 1, 8, 8, 10)
+
+
+def test_flop_count_of_the_mlp_is_two_per_multiply_add():
+    model = build_model("mlp", 1, 8, 8, 10)
+    macs = 64 * 128 + 128 * 128 + 128 * 10
+    assert forward_flops_per_sample(model, 1, 8, 8) == 2 * macs
+    assert training_flops_per_sample(model, 1, 8, 8) == 3 * 2 * macs
+
+
+def test_flop_count_of_small_cnn_counts_the_convolution_per_output_pixel():
+    model = build_model("small_cnn", 1, 8, 8, 10)
+    conv = 32 * 8 * 8 * (1 * 3 * 3)  # MACs: every output pixel of every channel, 3x3x1 inputs
+    linear = 32 * 4 * 4 * 10
+    assert forward_flops_per_sample(model, 1, 8, 8) == 2 * (conv + linear)
+    assert np.isfinite(training_flops_per_sample(model, 1, 8, 8))
