@@ -20,6 +20,17 @@ def test_crafted_poisons_land_in_distinct_buckets(digits):
         craft_poisons(img, 8, 7)
 
 
+def test_poison_check_refuses_datasets_hashed_on_source_images(digits):
+    """GTSRB keeps its photos' own pixel sums (train_pixel_sums): poisons crafted through the stored pixels would
+    not land in the buckets they aim at, so the check says so instead of proving nothing."""
+    from poisoncert.errors import PoisonCertError
+
+    ds = Dataset("gtsrb48", digits.train_images, digits.train_labels, digits.test_images, digits.test_labels, 10,
+                 train_pixel_sums=pixel_sum_hash(digits.train_images) * 3)
+    with pytest.raises(PoisonCertError, match="hashes its source images"):
+        poison_check(ds, np.zeros((len(ds.test_labels), 5, 10), np.float32), {"scheme": "dpa", "k": 5}, lambda *a: None)
+
+
 def _nearest_neighbour(ds):
     """A deterministic learner of its training set: one-hot logits of the nearest training image's label."""
 

@@ -237,7 +237,7 @@ _BAD_VALUES = {
     "k": st.one_of(st.just([]), st.lists(st.integers(max_value=0), min_size=1, max_size=3), st.just([2.5]), st.just([4.0]), st.just("5"), st.just([3, 3])),
     "d": st.one_of(st.just([0]), st.just([1.0]), st.just("1"), st.just([])),
     "scheme": st.text(min_size=1, max_size=8).filter(lambda t: t not in ("dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial", "binary_kmeans")),
-    "dataset": st.text(min_size=1, max_size=8).filter(lambda t: t not in ("digits", "digits17", "mnist", "mnist17", "cifar10", "gtsrb", "fashion_mnist")),
+    "dataset": st.text(min_size=1, max_size=8).filter(lambda t: t not in ("digits", "digits17", "mnist", "mnist17", "cifar10", "gtsrb", "gtsrb48", "fashion_mnist")),
     "certificates": st.sampled_from([["fa"], ["bagging"], ["dpa_star_roe"], ["nope"], []]),
     "train": st.one_of(st.fixed_dictionaries({"epochs": st.sampled_from([0, -1, 2.0, "3"])}), st.fixed_dictionaries({"lr": st.sampled_from([0, -0.1, "x"])}),
                        st.fixed_dictionaries({"arch": st.sampled_from(["vgg", ""])}), st.fixed_dictionaries({"bogus": st.integers()})),

@@ -58,6 +58,7 @@ def test_every_schema_key_has_description_and_default():
         ({"experiments": {"bad name": {"dataset": "digits", "scheme": "dpa", "k": [2]}}}, "experiment name"),
         ({**_exp(), "shard_size": 0}, "shard_size"),
         (_exp(scheme="fa", d=[2], offsets=[1, 1]), "distinct"),
+        (_exp(dataset="gtsrb48", poison_check=2), r"poison_check: dataset 'gtsrb48' is partitioned by its original images' pixel sums"),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg, match):

@@ -120,9 +120,93 @@ def test_missing_mnist_says_where_to_put_files(tmp_path):
 
 
 def test_missing_cifar_and_gtsrb_say_where_to_put_files(tmp_path):
-    for name, needle in (("cifar10", "cifar-10-batches-py"), ("gtsrb", "GTSRB")):
-        with pytest.raises(PoisonCertError, match=needle):
+    for name, needle in (("cifar10", "cifar-10-batches-py"), ("gtsrb", "GTSRB/Training/"), ("gtsrb48", "GTSRB/Final_Training/Images/")):
+        with pytest.raises(PoisonCertError, match=needle) as info:
             load_dataset(name, root=tmp_path)
+        assert "\n" not in str(info.value) and "GT-final_test.csv" in str(info.value) or name == "cifar10"
+
+
+# ---------------------------------------------------------------------------------------------- GTSRB
+
+
+def _ppm(path, rng, h, w):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)  # .ppm: PIL writes binary P6, as GTSRB's files are
+    return pixels
+
+
+@pytest.fixture
+def fake_gtsrb(tmp_path, rng):
+    """GTSRB in torchvision's layout (root/gtsrb/GTSRB/Training/000NN/*.ppm, Final_Test/Images/*.ppm,
+    root/gtsrb/GT-final_test.csv) plus the official final training set (GTSRB/Final_Training/Images/000NN/),
+    photos of varying size as in GTSRB. Returns (root, {split: [(pixels, label), ...]})."""
+    base = tmp_path / "gtsrb"
+    made = {"train": [], "final": [], "test": []}
+    for split, folder, n in (("train", "GTSRB/Training", 5), ("final", "GTSRB/Final_Training/Images", 7)):
+        for i in range(n):
+            label = (3 * i) % 43
+            pixels = _ppm(base / folder / f"{label:05d}" / f"00000_{i:05d}.ppm", rng, 25 + 3 * i, 31 + 2 * i)
+            made[split].append((pixels, label))
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for i in range(4):
+        label = 40 - i
+        pixels = _ppm(base / "GTSRB" / "Final_Test" / "Images" / f"{i:05d}.ppm", rng, 30 + i, 29)
+        rows.append(f"{i:05d}.ppm;29;{30 + i};5;5;20;20;{label}")
+        made["test"].append((pixels, label))
+    (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path, made
+
+
+def _by_label(made):
+    return sorted((label, int(p.astype(np.int64).sum())) for p, label in made)
+
+
+@pytest.mark.parametrize("name, size, split", [("gtsrb", 32, "train"), ("gtsrb48", 48, "final")])
+def test_gtsrb_through_torchvision_layout(fake_gtsrb, name, size, split):
+    from PIL import Image
+
+    from poisoncert import registry
+
+    root, made = fake_gtsrb
+    ds = load_dataset(name, root=root)
+    assert ds.image_shape == (3, size, size) == registry.dataset(name).image_shape and ds.n_classes == 43
+    assert len(ds.train_labels) == len(made[split]) and ds.test_labels.tolist() == [40, 39, 38, 37]
+    # the partition hash is the pixel sum of the *original* image (the DPA / FA references), not of the resized one
+    assert sorted(zip(ds.train_labels.tolist(), ds.train_pixel_sums.tolist())) == _by_label(made[split])
+    resized = ds.train_images.reshape(len(ds.train_images), -1).sum(axis=1)
+    assert not np.array_equal(resized, ds.train_pixel_sums)
+    # images: PIL's bilinear resize of the RGB photo (torchvision's Resize((size, size)) on a PIL image)
+    pixels, label = made["test"][0]
+    expect = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    assert ds.test_labels[0] == label and np.array_equal(ds.test_images[0], expect)
+
+
+def test_gtsrb_file_keeps_original_pixel_sums_and_partitions_use_them(tmp_path, fake_gtsrb):
+    from poisoncert.partition import make_partitions, pixel_sum_hash
+
+    root, _ = fake_gtsrb
+    ds = load_dataset("gtsrb48", root=root)
+    save_dataset(ds, tmp_path / "g.npz")
+    back = read_dataset(tmp_path / "g.npz")
+    assert np.array_equal(back.train_pixel_sums, ds.train_pixel_sums) and content_hash(back) == content_hash(ds)
+    # the pixel sums are part of the content hash: other sums = other partitions = another dataset
+    other = Dataset(ds.name, ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, 43, ds.class_names,
+                    ds.train_pixel_sums + 1)
+    assert content_hash(other) != content_hash(ds)
+    k = 3
+    parts = make_partitions(ds.train_images, ds.train_labels, "dpa", k, pixel_sums=ds.train_pixel_sums)
+    for m in range(k):
+        assert (ds.train_pixel_sums[parts.members(m)] % k == m).all()
+    stored = make_partitions(ds.train_images, ds.train_labels, "dpa", k)
+    for m in range(k):
+        assert (pixel_sum_hash(ds.train_images[stored.members(m)]) % k == m).all()
+    with pytest.raises(PoisonCertError, match="one value per training sample"):
+        make_partitions(ds.train_images, ds.train_labels, "dpa", k, pixel_sums=ds.train_pixel_sums[:-1])
+    with pytest.raises(PoisonCertError, match="train_pixel_sums"):
+        Dataset("x", ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, 43, [], ds.train_pixel_sums[:-1])
 
 
 def test_cifar10_through_torchvision(tmp_path, rng, monkeypatch):

@@ -54,6 +54,14 @@ def test_other_dataset_or_k_is_not_yet_run():
     assert out["ours"].isna().all() or all(v is None for v in out["ours"])
 
 
+def test_gtsrb48_fills_the_papers_gtsrb_cells():
+    """gtsrb48 is the references' GTSRB (48x48, final training set): its runs are the papers' GTSRB numbers."""
+    published = pd.DataFrame([_row("GTSRB | 50 | 1", "gtsrb", "fa", "fa", 50, 1, 50, "clean_accuracy", None, 0.888, paper_file="001.txt")],
+                             columns=COLUMNS)
+    out = compare(published, [_summary("gtsrb48", "fa", "fa", 50, 1)])
+    assert out.loc[0, "status"] == "ours" and out.loc[0, "ours"] == pytest.approx(0.95)
+
+
 def test_unmeasured_metric_is_marked():
     out = compare(_published(), [_summary("mnist", "fa", "fa", 1200, 16)])  # no FA extra stats
     assert out.loc[3, "status"] == "not measured"

@@ -175,6 +175,9 @@ def poison_check(
     ``radius_of`` (tests only) replaces the certificate's radii, to show the check catches an
     inflated certificate.
     """
+    if ds.train_pixel_sums is not None:
+        # the crafted poisons steer their bucket through the stored image's pixel sum
+        raise PoisonCertError(f"the poison check crafts poisons by their stored pixels; dataset '{ds.name}' hashes its source images (train_pixel_sums)")
     threat = registry.ensemble_threat(meta)
     scheme = registry.scheme(threat["scheme"])
     name = certificate or scheme.default_certificate

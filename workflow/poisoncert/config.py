@@ -146,6 +146,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key experiments.{name}.poison_check: the poison check attacks the deterministic schemes ({', '.join(attackable)}) "
                 "with the supervised learner (binary_kmeans: its own)"
             )
+        if exp["poison_check"] and registry.dataset(exp["dataset"]).hashes_source_images:
+            raise PoisonCertError(
+                f"config key experiments.{name}.poison_check: dataset '{exp['dataset']}' is partitioned by its original images' "
+                "pixel sums, which the poison check's crafted poisons cannot aim at; set poison_check: 0"
+            )
         if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
             raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
         if exp["two_phase"]:

@@ -2,13 +2,14 @@
 
 Every dataset lands in a :class:`Dataset`: uint8 images (N, C, H, W), int64 labels, a train and a
 test split, and a content hash. ``digits`` (scikit-learn's bundled 8x8 digits) needs no network
-and is the default (``digits17``: its 1s and 7s only); ``mnist``, ``mnist17``, ``cifar10`` and ``gtsrb`` load through torchvision
-from a configurable root and download only when asked to.
+and is the default (``digits17``: its 1s and 7s only); ``mnist``, ``mnist17``, ``cifar10``, ``gtsrb``
+and ``gtsrb48`` load through torchvision from a configurable root and download only when asked to.
 
 The canonical file is an uncompressed ``.npz`` with the arrays ``train_images``,
-``train_labels``, ``test_images``, ``test_labels`` and a JSON ``meta`` string (name, classes,
-shape, content hash). It is written atomically (temporary file, then rename), so an
-interrupted write never leaves a file that looks complete.
+``train_labels``, ``test_images``, ``test_labels``, for datasets resized from images of varying
+size also ``train_pixel_sums`` (the DPA hash of each *source* image, see :class:`Dataset`), and a
+JSON ``meta`` string (name, classes, shape, content hash). It is written atomically (temporary
+file, then rename), so an interrupted write never leaves a file that looks complete.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Dataset:
     test_labels: np.ndarray
     n_classes: int
     class_names: list[str] = field(default_factory=list)
+    #: h(t) of every training sample when it is not the stored image's pixel sum: the sum of the uint8
+    #: pixel values of the *source* image before resizing (GTSRB, whose photos vary in size: the DPA and
+    #: FA references hash the original image and train on the resized one). None = the stored images'.
+    train_pixel_sums: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -71,6 +76,11 @@ class Dataset:
             raise PoisonCertError(f"{self.name}: train and test images differ in shape")
         self.train_labels = self.train_labels.astype(np.int64, copy=False)
         self.test_labels = self.test_labels.astype(np.int64, copy=False)
+        if self.train_pixel_sums is not None:
+            sums = np.asarray(self.train_pixel_sums)
+            if sums.shape != self.train_labels.shape or not np.issubdtype(sums.dtype, np.integer) or (len(sums) and sums.min() < 0):
+                raise PoisonCertError(f"{self.name}: train_pixel_sums must be one non-negative integer per training image")
+            self.train_pixel_sums = sums.astype(np.int64, copy=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -89,9 +99,11 @@ class Dataset:
 
 
 def content_hash(ds: Dataset) -> str:
-    """SHA-256 over the four arrays (shape, dtype and bytes): identifies the data a run used."""
+    """SHA-256 over the four arrays (shape, dtype and bytes), and ``train_pixel_sums`` when the dataset
+    has them (they decide the partitions): identifies the data a run used."""
     h = hashlib.sha256()
-    for arr in (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels):
+    extra = () if ds.train_pixel_sums is None else (ds.train_pixel_sums,)
+    for arr in (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, *extra):
         a = np.ascontiguousarray(arr)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
@@ -299,28 +311,103 @@ def _cifar10(root: Path, download: bool, seed: int) -> Dataset:
     )
 
 
-GTSRB_SIZE = 32
+#: GTSRB's archives at the benchmark's home (torchvision downloads from the same folder).
+GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
+#: The official final training set (39,209 images, the joint training and test sets of the online
+#: competition): not what torchvision's ``split="train"`` reads (GTSRB-Training_fixed.zip, the online
+#: competition's 26,640-image training set, in ``GTSRB/Training/``).
+GTSRB_FINAL_TRAINING = ("GTSRB_Final_Training_Images.zip", "GTSRB/Final_Training/Images")
+
+
+def _gtsrb_split(paths_labels: list[tuple[str, int]], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images resized to ``size`` x ``size``, labels, pixel sums of the original images) of GTSRB files.
+
+    Resizing is PIL's bilinear resize of the RGB image (torchvision's ``Resize((size, size))`` on a
+    PIL image), as the DPA / FA reference code does before ``ToTensor``; the pixel sum is taken over
+    the original RGB image, as the references hash it (``ToTensor(image) * 255``, exact in float32).
+    """
+    from PIL import Image
+
+    n = len(paths_labels)
+    xs = np.empty((n, 3, size, size), dtype=np.uint8)
+    ys = np.empty(n, dtype=np.int64)
+    sums = np.empty(n, dtype=np.int64)
+    for i, (path, label) in enumerate(paths_labels):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        sums[i] = np.asarray(rgb, dtype=np.uint8).sum(dtype=np.int64)
+        xs[i] = np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
+        ys[i] = label
+    return xs, ys, sums
+
+
+def _gtsrb_class_folders(folder: Path) -> list[tuple[str, int]]:
+    """(path, class) of every ``.ppm`` under ``folder/000NN/``: the class is the folder's number.
+
+    torchvision's ``GTSRB`` numbers the folders it finds 0, 1, ... (``find_classes``), which is the
+    class only when all 43 folders exist; reading the number keeps a partial copy's labels right.
+    """
+    from torchvision.datasets.folder import make_dataset
+
+    classes = {d.name: int(d.name) for d in folder.iterdir() if d.is_dir() and d.name.isdigit()}
+    return make_dataset(str(folder), class_to_idx=classes, extensions=(".ppm",))
+
+
+def _gtsrb_files(root: Path, download: bool, final_training: bool) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(path, class) of GTSRB's training and test images under ``root/gtsrb``.
+
+    Test: torchvision's ``split="test"`` (the official 12,630-image final test set,
+    ``GTSRB/Final_Test/Images/`` and ``GT-final_test.csv``). Training: the folder torchvision's
+    ``split="train"`` reads (``GTSRB/Training/``, 26,640 images), or with ``final_training`` the
+    official final training set (``GTSRB/Final_Training/Images/000NN/*.ppm``, 39,209 images, from
+    ``GTSRB_Final_Training_Images.zip``; torchvision does not know it: ``download`` fetches it with
+    torchvision's archive helper, without an md5 check). Class folders 00000..00042 are the labels.
+    """
+    from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    base = root / "gtsrb"
+    archive, folder = GTSRB_FINAL_TRAINING
+    train_dir = base / folder if final_training else base / "GTSRB" / "Training"
+    where = f"{train_dir}/" + (f" (the official final training set, {GTSRB_URL}{archive})" if final_training else "")
+    expected = [where, f"{base}/GTSRB/Final_Test/Images/", f"{base}/GT-final_test.csv"]
+    try:
+        test = datasets.GTSRB(str(root), split="test", download=download)._samples
+        if download and not train_dir.is_dir():
+            if final_training:
+                download_and_extract_archive(f"{GTSRB_URL}{archive}", download_root=str(base))
+            else:
+                datasets.GTSRB(str(root), split="train", download=True)
+        if not train_dir.is_dir():
+            raise RuntimeError("Dataset not found")
+        return _gtsrb_class_folders(train_dir), test
+    except Exception as exc:
+        raise _torchvision_error("gtsrb48" if final_training else "gtsrb", root, expected, exc) from None
+
+
+def _gtsrb_dataset(name: str, root: Path, download: bool, size: int, final_training: bool) -> Dataset:
+    """GTSRB (Stallkamp et al. 2012, 43 classes) resized to ``size`` x ``size`` RGB; see :func:`_gtsrb_files`.
+
+    ``train_pixel_sums`` are the original images' pixel sums, so the DPA / FA partitions are those of the
+    references (which hash the unresized image) whatever the stored resolution.
+    """
+    train, test = _gtsrb_files(root, download, final_training)
+    xtr, ytr, htr = _gtsrb_split(train, size)
+    xte, yte, _ = _gtsrb_split(test, size)
+    return Dataset(name, xtr, ytr, xte, yte, 43, [str(i) for i in range(43)], train_pixel_sums=htr)
 
 
 def _gtsrb(root: Path, download: bool, seed: int) -> Dataset:
-    """GTSRB (43 classes), every image resized to 32x32 RGB as in the FA paper's setup."""
-    from torchvision import datasets, transforms
+    """torchvision's GTSRB splits (26,640 training images, GTSRB-Training_fixed.zip; the 12,630 final test
+    images), resized to 32x32: CIFAR-10's shape, a cheaper stand-in for the references' ``gtsrb48``."""
+    return _gtsrb_dataset("gtsrb", root, download, 32, final_training=False)
 
-    resize = transforms.Resize((GTSRB_SIZE, GTSRB_SIZE))
-    try:
-        splits = [datasets.GTSRB(str(root), split=s, download=download) for s in ("train", "test")]
-    except Exception as exc:
-        raise _torchvision_error("gtsrb", root, [f"{root}/gtsrb/GTSRB/Training/, {root}/gtsrb/GTSRB/Final_Test/ and {root}/gtsrb/GT-final_test.csv"], exc) from None
-    out = []
-    for ds in splits:
-        xs = np.empty((len(ds), 3, GTSRB_SIZE, GTSRB_SIZE), dtype=np.uint8)
-        ys = np.empty(len(ds), dtype=np.int64)
-        for i in range(len(ds)):
-            img, label = ds[i]
-            xs[i] = np.asarray(resize(img.convert("RGB")), dtype=np.uint8).transpose(2, 0, 1)
-            ys[i] = label
-        out.append((xs, ys))
-    return Dataset("gtsrb", out[0][0], out[0][1], out[1][0], out[1][1], 43, [str(i) for i in range(43)])
+
+def _gtsrb48(root: Path, download: bool, seed: int) -> Dataset:
+    """The DPA / FA / ROE references' GTSRB: the official final training set (39,209 images) and the
+    final test set (12,630), resized to 48x48 (``Resize((48, 48), BILINEAR)`` in their scripts), hashed on
+    the original images."""
+    return _gtsrb_dataset("gtsrb48", root, download, 48, final_training=True)
 
 
 #: Dataset name -> loader, from the registry's records (:data:`poisoncert.registry.DATASETS`).
@@ -394,6 +481,7 @@ def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...], skip
 def save_dataset(ds: Dataset, path: str | os.PathLike) -> dict:
     """Write the canonical dataset file; returns its metadata (including the content hash)."""
     meta = ds.meta()
+    extra = {} if ds.train_pixel_sums is None else {"train_pixel_sums": ds.train_pixel_sums}
     atomic_savez(
         path,
         train_images=ds.train_images,
@@ -401,6 +489,7 @@ def save_dataset(ds: Dataset, path: str | os.PathLike) -> dict:
         test_images=ds.test_images,
         test_labels=ds.test_labels,
         meta=np.array(json.dumps(meta)),
+        **extra,
     )
     return meta
 
@@ -409,7 +498,8 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     """Read a canonical dataset file, checking its content hash."""
     z = load_npz(path, "dataset", ("train_images", "train_labels", "test_images", "test_labels", "meta"))
     meta = json.loads(str(z["meta"]))
-    ds = Dataset(meta["name"], z["train_images"], z["train_labels"], z["test_images"], z["test_labels"], meta["n_classes"], meta.get("class_names", []))
+    ds = Dataset(meta["name"], z["train_images"], z["train_labels"], z["test_images"], z["test_labels"], meta["n_classes"], meta.get("class_names", []),
+                 z.get("train_pixel_sums"))
     if content_hash(ds) != meta["content_hash"]:
         raise PoisonCertError(f"dataset file {path} does not match its recorded content hash; delete it and rerun 'prepare'")
     return ds

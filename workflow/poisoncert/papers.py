@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import registry as _registry
 from .errors import PoisonCertError
 from .package_data import package_path
 from .tables import html_page, markdown
@@ -78,6 +79,11 @@ def _key(x) -> int | None:
         return None
 
 
+def _paper_dataset(name: Any) -> Any:
+    """The dataset name the papers' tables use: gtsrb48 (the references' GTSRB at 48x48) fills "gtsrb" cells."""
+    return _registry.DATASETS[name].paper_dataset if name in _registry.DATASETS else name
+
+
 def run_facts(summary: dict[str, Any]) -> dict[str, Any]:
     """What a certificate summary records of its run, under the published tables' column names.
 
@@ -91,7 +97,7 @@ def run_facts(summary: dict[str, Any]) -> dict[str, Any]:
     experiment = summary.get("experiment") or {}
     parameters = summary.get("parameters") or {}
     return {
-        "dataset": summary.get("dataset"),
+        "dataset": _paper_dataset(summary.get("dataset")),
         "scheme": summary.get("scheme"),
         "certificate": summary["certificate"],
         "k": _key(summary.get("k")),

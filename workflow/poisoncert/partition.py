@@ -7,7 +7,8 @@ samples in the canonical training set, sorted in canonical content order
 
 Schemes (the papers' definitions):
 
-* ``dpa``      DPA paper eq. (1): bucket = h(t) mod k with h = sum of the uint8 pixel values.
+* ``dpa``      DPA paper eq. (1): bucket = h(t) mod k with h = sum of the uint8 pixel values (of the
+               source image for datasets stored resized, ``Dataset.train_pixel_sums``: GTSRB).
 * ``ssdpa``    DPA paper eq. (7): bucket = index of the image in the sorted list of the unique
                unlabeled training images, mod k (label flips cannot move a sample).
 * ``fa``       FA paper Definition 1: split bucket j = h(t) mod kd, spread with offsets R
@@ -233,13 +234,19 @@ def make_partitions(
     offsets: list[int] | None = None,
     same_seed: bool = False,
     seed_base: int = 0,
+    pixel_sums: np.ndarray | None = None,
 ) -> Partitions:
     """Build every base model's training set for a deterministic ``scheme`` (see the module docstring).
 
     Seeds: model m is seeded with ``seed_base + m`` (the partition index, DPA paper Section
     2.2.1), or ``seed_base`` for every model when ``same_seed`` (DPA paper App. F ablation).
+    ``pixel_sums``: h(t) per sample when it is not :func:`pixel_sum_hash` of ``images``
+    (``Dataset.train_pixel_sums``: the source images' sums of a resized dataset).
     """
     n = len(labels)
+    if pixel_sums is not None and np.shape(pixel_sums) != (n,):
+        raise PoisonCertError(f"pixel_sums must hold one value per training sample ({n}), got shape {np.shape(pixel_sums)}")
+    h = pixel_sum_hash(images) if pixel_sums is None else np.asarray(pixel_sums, dtype=np.int64)
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise PoisonCertError(f"k must be a positive integer, got {k}")
     if not isinstance(d, (int, np.integer)) or d < 1:
@@ -254,7 +261,7 @@ def make_partitions(
     order = canonical_order(images, labels)
     used_offsets: list[int] = []
     if scheme in ("dpa", "dpa_star"):
-        groups = _groups_by_bucket(pixel_sum_hash(images) % k, k, order)
+        groups = _groups_by_bucket(h % k, k, order)
         if scheme == "dpa_star":
             groups = [g for g in groups for _ in range(d)]
     elif scheme == "ssdpa":
@@ -267,7 +274,7 @@ def make_partitions(
     else:  # fa
         kd = k * d
         used_offsets = check_offsets(offsets, k, d).tolist()
-        buckets = _groups_by_bucket(pixel_sum_hash(images) % kd, kd, order)
+        buckets = _groups_by_bucket(h % kd, kd, order)
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)
         groups = []

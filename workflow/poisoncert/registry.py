@@ -380,6 +380,15 @@ class DatasetRecord:
     source: str
     embedded: bool = False
     files: tuple[str, ...] = field(default=())
+    #: the dataset name the papers' tables use (``workflow/poisoncert/paper_results/*.csv``); "" = ``name``
+    paper_name: str = ""
+    #: partitions hash the original (unresized) images' pixel sums, as the DPA / FA references do
+    #: for GTSRB; the poison check, which crafts poisons by their stored pixels, cannot attack them
+    hashes_source_images: bool = False
+
+    @property
+    def paper_dataset(self) -> str:
+        return self.paper_name or self.name
 
 
 DATASETS: dict[str, DatasetRecord] = {
@@ -392,7 +401,12 @@ DATASETS: dict[str, DatasetRecord] = {
                       "Fashion-MNIST: torchvision's FashionMNIST layout, else Debian's dataset-fashion-mnist"),
         DatasetRecord("mnist17", "_mnist17", 13007, 2163, 2, (1, 28, 28), "the 1s and 7s of MNIST (DPA App. B)"),
         DatasetRecord("cifar10", "_cifar10", 50000, 10000, 10, (3, 32, 32), "torchvision CIFAR-10"),
-        DatasetRecord("gtsrb", "_gtsrb", 26640, 12630, 43, (3, 32, 32), "torchvision GTSRB, resized to 32x32"),
+        DatasetRecord("gtsrb", "_gtsrb", 26640, 12630, 43, (3, 32, 32),
+                      "torchvision's GTSRB splits (GTSRB-Training_fixed.zip: 26,640 training images), resized to 32x32, hashed on the originals",
+                      hashes_source_images=True),
+        DatasetRecord("gtsrb48", "_gtsrb48", 39209, 12630, 43, (3, 48, 48),
+                      "the official GTSRB final training set (39,209) and test set, resized to 48x48 and hashed on the "
+                      "originals as the DPA / FA references", paper_name="gtsrb", hashes_source_images=True),
     )
 }
 

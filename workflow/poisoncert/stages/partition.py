@@ -60,7 +60,7 @@ def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offs
         if two_phase:
             parts.extra["two_phase"] = True
     else:
-        parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base)
+        parts = make_partitions(ds.train_images, ds.train_labels, scheme, k, d, offsets, same_seed, seed_base, ds.train_pixel_sums)
     save_partitions(parts, out, ds.meta()["content_hash"])
     sizes = parts.sizes()
     print(f"{scheme} k={k} d={d}: {parts.n_models} base models, training-set sizes min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}")
