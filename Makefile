@@ -7,7 +7,7 @@ FASHION_MNIST = /usr/share/datasets/fashion-mnist
 
 .PHONY: install data browser run test test-fast bench
 
-install: data browser
+install: data
 	$(PIP_INSTALL) -e '.[dev,slurm]'
 
 # Real, full-size data for every machine: Debian's dataset-fashion-mnist (30 MB, 60,000/10,000 images).
@@ -39,7 +39,7 @@ browser:
 run: install
 	$(PYTHON) -m snakemake --cores all
 
-test: install
+test: install browser
 	$(PYTHON) -m pytest
 
 test-fast: install

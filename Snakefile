@@ -9,14 +9,14 @@ min_version("9.0")
 
 # config.yaml is the default experiment; a --configfile on the command line replaces it (not merged).
 if not workflow.overwrite_configfiles:
-    import sys
-
-    sys.path.insert(0, f"{workflow.basedir}/workflow")
-    from poisoncert.config import check_yaml_or_exit
-
-    check_yaml_or_exit(
-        "config.yaml"
-    )  # a syntax error: one line with file, line and column
+    # a syntax error: one line with file, line and column (without poisoncert installed,
+    # rules/common.smk stops with one line saying how to install it)
+    try:
+        from poisoncert.config import check_yaml_or_exit
+    except ImportError:
+        pass
+    else:
+        check_yaml_or_exit("config.yaml")
 
     configfile: "config.yaml"
 
