@@ -137,7 +137,18 @@ def test_train_stage_writes_frozen_logits_with_the_label_flip_threat(tmp_path, d
     assert np.array_equal(direct, z["logits"])
     rc = main(["train", "--dataset-file", str(tmp_path / "ds.npz"), "--partitions", str(tmp_path / "p.npz"), "--shard-size", "4",
                "--device", "cpu", "--no-progress", "--out", str(tmp_path / "x.npz"), "--shard", "0", "--learner", "frozen"])
-    assert rc == 2
+    assert rc == 2  # --learner frozen without --extractor
+    # aggregate: the experiment's learner must be the one the shards ran, every shard the same learner
+    from poisoncert.scores import read_scores
+    from poisoncert.stages.aggregate import aggregate
+
+    args = (str(tmp_path / "ds.npz"), str(tmp_path / "p.npz"))
+    aggregate(*args, [str(tmp_path / f"s{i}.npz") for i in (0, 1)], str(tmp_path / "scores.npz"), {"learner": "frozen"})
+    assert read_scores(tmp_path / "scores.npz")[2]["learner"] == "frozen"
+    with pytest.raises(PoisonCertError, match="trained by learner 'frozen', but the experiment asks for 'rotnet'"):
+        aggregate(*args, [str(tmp_path / f"s{i}.npz") for i in (0, 1)], str(tmp_path / "bad.npz"), {"learner": "rotnet"})
+    with pytest.raises(PoisonCertError, match="another runtime or training configuration"):
+        aggregate(*args, [str(tmp_path / "rot.npz"), str(tmp_path / "s1.npz")], str(tmp_path / "bad.npz"), {})
 
 
 def test_config_accepts_frozen_and_refuses_unsound_uses():

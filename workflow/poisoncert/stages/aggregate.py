@@ -60,7 +60,7 @@ def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str,
             raise PoisonCertError(f"{f} was trained with other seeds than {partitions_file} says; delete it and rerun")
         if first is None:
             first = {**m, "file": f}
-        elif (m.get("runtime"), m.get("train")) != (first.get("runtime"), first.get("train")):
+        elif (m.get("runtime"), m.get("train"), m.get("learner"), m.get("frozen")) != (first.get("runtime"), first.get("train"), first.get("learner"), first.get("frozen")):
             raise PoisonCertError(
                 f"{f} was trained by another runtime or training configuration than {first['file']} "
                 f"({m.get('runtime')} vs {first.get('runtime')}); delete the stale shards and rerun"
@@ -74,6 +74,14 @@ def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str,
 
 
 def _meta(parts, pmeta, ds, first, experiment) -> dict[str, Any]:
+    ran, asked = first.get("learner"), experiment.get("learner")
+    if asked and ran in registry.LEARNERS and ran != asked:
+        # e.g. a learner whose train jobs need the extractor, run without --extractor/--learner:
+        # the scores would be another learner's under this experiment's threat model
+        raise PoisonCertError(
+            f"{first['file']} was trained by learner '{ran}', but the experiment asks for '{asked}'; "
+            "the train rule must pass that learner's flags (rules/common.smk _train_args); delete the shards and rerun"
+        )
     return {
         **parts.meta(),
         "seeds": parts.seeds.tolist(),
