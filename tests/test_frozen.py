@@ -166,3 +166,17 @@ def test_config_accepts_frozen_and_refuses_unsound_uses():
         validate_config({"experiments": {"e": {**base, "train": {"augment": "autoaugment"}}}})
     with pytest.raises(PoisonCertError, match="poison_check"):
         validate_config({"experiments": {"e": {**base, "learner": "frozen", "poison_check": 2}}})
+
+
+def test_shards_from_before_the_augment_option_aggregate_with_new_ones():
+    """A shard recorded before TrainConfig.augment existed trained as augment: none (the same bits)."""
+    import dataclasses
+
+    from poisoncert.stages.aggregate import LATER_TRAIN_DEFAULTS, _identity
+    from poisoncert.train import TrainConfig
+
+    assert all(getattr(TrainConfig(), k) == v for k, v in LATER_TRAIN_DEFAULTS.items())
+    new = {"runtime": {"torch": "x"}, "train": json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), "learner": "supervised"}
+    old = {**new, "train": {k: v for k, v in new["train"].items() if k not in LATER_TRAIN_DEFAULTS}}
+    assert _identity(old) == _identity(new)
+    assert _identity(old) != _identity({**new, "train": {**new["train"], "augment": "trivial_augment"}})
