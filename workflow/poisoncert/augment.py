@@ -91,31 +91,32 @@ def _per_image(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-def _affine(x: torch.Tensor, ops: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The geometric ops (rotate, shear, translate) by bilinear sampling with zero fill; float32 out.
+def _affine(x: torch.Tensor, op: str, s: torch.Tensor) -> torch.Tensor:
+    """A geometric op (rotate, shear, translate) by bilinear sampling with zero fill; float32 out.
 
     Output pixel (i, j), with centred coordinates (u, v) = (j - (W-1)/2, i - (H-1)/2), reads the
-    input at (a u + b v + c, d u + e v + f) (the inverse map), so an identity row reads every pixel
-    exactly. Each image's result is elementwise arithmetic on its own parameters.
+    input at (a u + b v + c, d u + e v + f) (the inverse map). Each image's result is elementwise
+    arithmetic on its own parameters.
     """
     m, C, H, W = x.shape
     dev = x.device
     zero, one = torch.zeros_like(s), torch.ones_like(s)
-    theta = torch.where(ops == _OP["rotate"], s * (MAX_ROTATE_DEG * math.pi / 180.0), zero)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    sx = torch.where(ops == _OP["shear_x"], s * MAX_SHEAR, zero)
-    sy = torch.where(ops == _OP["shear_y"], s * MAX_SHEAR, zero)
-    tx = torch.where(ops == _OP["translate_x"], s * (MAX_TRANSLATE * W), zero)
-    ty = torch.where(ops == _OP["translate_y"], s * (MAX_TRANSLATE * H), zero)
-    # inverse of rotation (by theta) composed with shear; at most one op per image is non-identity
-    a = torch.where(ops == _OP["rotate"], cos, one)
-    b = torch.where(ops == _OP["rotate"], sin, sx)
-    d = torch.where(ops == _OP["rotate"], -sin, sy)
-    e = a
+    a, b, c, d, e, f = one, zero, zero, zero, one, zero
+    if op == "rotate":
+        theta = s * (MAX_ROTATE_DEG * math.pi / 180.0)
+        a, b, d, e = torch.cos(theta), torch.sin(theta), -torch.sin(theta), torch.cos(theta)
+    elif op == "shear_x":
+        b = s * MAX_SHEAR
+    elif op == "shear_y":
+        d = s * MAX_SHEAR
+    elif op == "translate_x":
+        c = -(s * (MAX_TRANSLATE * W))
+    else:  # translate_y
+        f = -(s * (MAX_TRANSLATE * H))
     u = (torch.arange(W, device=dev, dtype=torch.float32) - (W - 1) / 2.0).view(1, 1, W)
     v = (torch.arange(H, device=dev, dtype=torch.float32) - (H - 1) / 2.0).view(1, H, 1)
-    col = a.view(m, 1, 1) * u + b.view(m, 1, 1) * v + ((W - 1) / 2.0 - tx).view(m, 1, 1)  # (m, H, W)
-    row = d.view(m, 1, 1) * u + e.view(m, 1, 1) * v + ((H - 1) / 2.0 - ty).view(m, 1, 1)
+    col = a.view(m, 1, 1) * u + b.view(m, 1, 1) * v + ((W - 1) / 2.0 + c).view(m, 1, 1)  # (m, H, W)
+    row = d.view(m, 1, 1) * u + e.view(m, 1, 1) * v + ((H - 1) / 2.0 + f).view(m, 1, 1)
     c0, r0 = torch.floor(col), torch.floor(row)
     wc, wr = col - c0, row - r0
     c0, r0 = c0.to(torch.int64), r0.to(torch.int64)
@@ -130,6 +131,30 @@ def _affine(x: torch.Tensor, ops: torch.Tensor, s: torch.Tensor) -> torch.Tensor
     return out
 
 
+def _apply(op: str, u8: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Op ``op`` on uint8 images (m, C, H, W) at signed strengths ``s`` (m,); float32 out (unrounded)."""
+    x = u8.to(torch.float32)
+    a = s.abs()
+    if op == "identity":
+        return x
+    if op == "brightness":
+        return x * _per_image(1.0 + MAX_ENHANCE * s)
+    if op == "contrast":
+        npix = x[0].numel()
+        mu = _per_image(u8.reshape(len(u8), -1).to(torch.int64).sum(1).to(torch.float64).div(npix).to(torch.float32))
+        return mu + _per_image(1.0 + MAX_ENHANCE * s) * (x - mu)
+    if op == "solarize":
+        return torch.where(x >= _per_image(256.0 * (1.0 - a)), 255.0 - x, x)
+    if op == "posterize":
+        bits = torch.round(MAX_POSTERIZE_BITS * a).to(torch.int64)
+        return (u8 & _per_image((255 >> bits) << bits).to(torch.uint8)).to(torch.float32)
+    if op == "auto_contrast":
+        lo = u8.amin(dim=(2, 3), keepdim=True).to(torch.float32)
+        hi = u8.amax(dim=(2, 3), keepdim=True).to(torch.float32)
+        return torch.where(hi > lo, (x - lo) * (255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))), x)
+    return _affine(x, op, s)
+
+
 def augment_batch(u8: torch.Tensor, ops: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
     """Apply op ``ops[i]`` at signed strength ``strengths[i]`` to image i of uint8 ``u8`` (m, C, H, W).
 
@@ -137,31 +162,16 @@ def augment_batch(u8: torch.Tensor, ops: torch.Tensor, strengths: torch.Tensor) 
     brightness ``x (1 + 0.9 s)``; contrast ``mu + (1 + 0.9 s)(x - mu)`` with mu the image's mean;
     solarize ``255 - x`` where ``x >= 256 (1 - s)``; posterize keeps ``8 - round(4 s)`` bits;
     auto_contrast stretches each channel's [min, max] to [0, 255]; rotate by ``30 s`` degrees,
-    shear by ``0.3 s``, translate by ``0.3 s`` of the side (bilinear, zero fill).
+    shear by ``0.3 s``, translate by ``0.3 s`` of the side (bilinear, zero fill). Each op runs on
+    the images that drew it only (the others are not touched), rounded half to even.
     """
-    x = u8.to(torch.float32)
-    m = x.shape[0]
-    if m == 0:
-        return u8
     ops = ops.to(torch.int64)
     s = strengths.to(torch.float32)
-    a = s.abs()
-    op4 = _per_image(ops)
-    out = x
-    geometric = (ops >= _OP["rotate"])
-    if bool(geometric.any()):
-        out = torch.where(_per_image(geometric), _affine(x, ops, s), out)
-    factor = _per_image(1.0 + MAX_ENHANCE * s)
-    out = torch.where(op4 == _OP["brightness"], x * factor, out)
-    npix = x[0].numel()
-    mu = _per_image(u8.reshape(m, -1).to(torch.int64).sum(1).to(torch.float64).div(npix).to(torch.float32))
-    out = torch.where(op4 == _OP["contrast"], mu + factor * (x - mu), out)
-    out = torch.where((op4 == _OP["solarize"]) & (x >= _per_image(256.0 * (1.0 - a))), 255.0 - x, out)
-    bits = torch.round(MAX_POSTERIZE_BITS * a).to(torch.int64)
-    mask = _per_image((255 >> bits) << bits).to(torch.uint8)
-    out = torch.where(op4 == _OP["posterize"], (u8 & mask).to(torch.float32), out)
-    lo = u8.amin(dim=(2, 3), keepdim=True).to(torch.float32)
-    hi = u8.amax(dim=(2, 3), keepdim=True).to(torch.float32)
-    stretched = torch.where(hi > lo, (x - lo) * (255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))), x)
-    out = torch.where(op4 == _OP["auto_contrast"], stretched, out)
-    return torch.round(out).clamp_(0, 255).to(torch.uint8)
+    out = u8.clone()
+    for i, op in enumerate(TA_OPS):
+        if op == "identity":
+            continue
+        idx = torch.nonzero(ops == i).flatten()
+        if idx.numel():
+            out[idx] = torch.round(_apply(op, u8[idx], s[idx])).clamp_(0, 255).to(torch.uint8)
+    return out
