@@ -227,7 +227,13 @@ def main(argv=None) -> int:
     feats, ext_info = None, None
     if any(lr in ON_FEATURES for lr in learners):
         state, ext_wall, ext_cpu, how = get_extractor(args, ds, preset)
-        (feats, f_wall, f_cpu) = _timed(lambda: extract_features(state, np.concatenate([ds.train_images, test_images])))
+        fcache = out / "cache" / f"{args.dataset}_features_t{n_test}.npz"
+        if fcache.exists():
+            z = np.load(fcache)
+            feats, f_wall, f_cpu = z["features"], float(z["wall"]), float(z["cpu"])
+        else:
+            (feats, f_wall, f_cpu) = _timed(lambda: extract_features(state, np.concatenate([ds.train_images, test_images])))
+            np.savez(fcache, features=feats, wall=f_wall, cpu=f_cpu)
         ext_info = {"how": how, "config": state["config"], "train_wall_s": ext_wall, "train_cpu_s": ext_cpu,
                     "features_wall_s": f_wall, "features_cpu_s": f_cpu, "n_features": int(state["n_features"])}
         print(f"extractor ({how}): {state['n_features']} features; train {ext_wall:.0f} s wall / {ext_cpu:.0f} s CPU; "
@@ -267,7 +273,7 @@ def main(argv=None) -> int:
         "dataset": args.dataset, "n_train": int(len(ds.train_labels)), "n_test": int(n_test), "ks": ks,
         "train": dataclasses.asdict(train_config("supervised", args.dataset, preset["train"], args.epochs, preset["crop_padding"])),
         "crop_padding": preset["crop_padding"], "hflip": registry.dataset(args.dataset).hflip_ok, "knn_k": args.knn_k,
-        "extractor": ext_info, "runtime": runtime_fingerprint(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}".strip(", "),
+        "extractor": ext_info, "reused": args.reuse, "runtime": runtime_fingerprint(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}".strip(", "),
     }
     (out / f"{args.dataset}.json").write_text(json.dumps(meta, indent=2) + "\n")
     _write_markdown(out / f"{args.dataset}.md", meta, learners, ks, curves, best, times, table_radii)
@@ -305,6 +311,11 @@ def _write_markdown(path, meta, learners, ks, curves, best, times, radii) -> Non
              f"first {meta['n_test']} test images. Supervised: `{json.dumps({k: meta['train'][k] for k in ('arch', 'epochs', 'batch_size', 'lr')})}`, "
              f"crop padding {meta['crop_padding']}, flips {'on' if meta['hflip'] else 'off (not label-preserving)'} for the augmented rows. "
              f"Runtime {meta['runtime']}, {meta['machine']}.", "",
+             "Times are of building the k base models and their test logits here (one process, 1 thread, "
+             f"{meta['n_test']} test images)" + (
+                 f"; the ensembles of {', '.join(meta['reused'])} were taken from a workflow run ({', '.join(meta['reused'].values())}): "
+                 "their times are the sum of its train jobs (shards of `shard_size` models, 10,000 test images each, process start-up included)"
+                 if meta["reused"] else "") + ". The machine was shared, so wall time exceeds CPU time.", "",
              "| learner | unit | k | " + " | ".join(f"@{r}" for r in radii) + " | base acc. | wall s | CPU s |",
              "|---|---|---|" + "---|" * len(radii) + "---|---|---|"]
     for k in ks:
