@@ -12,7 +12,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_certify.py", "bench_certify_stochastic.py", "bench_train.py", "bench_engine.py", "bench_workflow_train.py", "bench_dag.py", "bench_jia_budget.py"]
-# not here: bench_memory.py (writes a 15 GB scores file; run it on purpose) and gpu_check.py (needs a GPU; --cpu rehearses)
+# not here: bench_memory.py (writes a 15 GB scores file; run it on purpose), gpu_check.py (needs a GPU; --cpu rehearses)
+# and learner_comparison.py (trains whole ensembles per learner; README "Data-efficient base learners")
 
 if __name__ == "__main__":
     failed = []

@@ -11,6 +11,7 @@ try:
     from poisoncert import registry
     from poisoncert.config import ensembles, validate_config
     from poisoncert.errors import PoisonCertError
+    from poisoncert.stages.aggregate import LATER_TRAIN_DEFAULTS
     from poisoncert.papers import PAPER_RESULTS
 except ImportError as _exc:
     sys.exit(
@@ -118,12 +119,32 @@ def dataset_file(wildcards):
     return f"results/data/{experiment(wildcards)['dataset']}.npz"
 
 
+def _recorded_train(e):
+    """The experiment's training config as the jobs get it: options added after results existed
+    (LATER_TRAIN_DEFAULTS) are left out at their old behaviour, so adding them reruns nothing.
+    """
+    return {
+        key: v
+        for key, v in e["train"].items()
+        if key not in LATER_TRAIN_DEFAULTS or v != LATER_TRAIN_DEFAULTS[key]
+    }
+
+
 @functools.lru_cache(maxsize=None)
 def _train_args(exp):
     e = config["experiments"][exp]
-    args = f"--train-config {shlex.quote(json.dumps(e['train']))}"
-    if e["learner"] == "rotnet":
+    args = f"--train-config {shlex.quote(json.dumps(_recorded_train(e)))}"
+    learner = registry.learner(e["learner"])
+    if learner.needs_extractor:
         args += f" --extractor results/{exp}/extractor.pt"
+        if (
+            learner.name != "rotnet"
+        ):  # the train stage's default: rotnet jobs keep their command line
+            args += f" --learner {learner.name}"
+        if learner.config_key:
+            args += (
+                f" --learner-config {shlex.quote(json.dumps(e[learner.config_key]))}"
+            )
     elif e["two_phase"]:
         args += f" --phase2 results/{exp}/phase2.npz"
     return args
@@ -160,7 +181,7 @@ def extractor_json(wildcards):
 
 
 def train_json(wildcards):
-    return json.dumps(experiment(wildcards)["train"])
+    return json.dumps(_recorded_train(experiment(wildcards)))
 
 
 def clean_classes_arg(wildcards):
@@ -205,8 +226,8 @@ def n_shards(n_models):
 
 
 def train_extra_inputs(wildcards):
-    """The shared SS-DPA extractor (learner rotnet), or the shared phi_2 of a two_phase experiment."""
-    if experiment(wildcards)["learner"] == "rotnet":
+    """The shared label-free extractor (learners rotnet, frozen: registry needs_extractor), or the shared phi_2 of a two_phase experiment."""
+    if registry.learner(experiment(wildcards)["learner"]).needs_extractor:
         return {"extractor": f"results/{wildcards.exp}/extractor.pt"}
     if experiment(wildcards)["two_phase"]:
         return {"phase2": f"results/{wildcards.exp}/phase2.npz"}

@@ -40,6 +40,8 @@ def data():
 
 CFG = TrainConfig(arch="small_cnn", epochs=3, batch_size=8, lr=0.05, crop_padding=1, hflip=True, group_size=0,
                   cpu_threads=1)  # 1 thread: robust to a busy shared CPU
+#: TrivialAugment on top of crop and flip (poisoncert.augment): the same contract must hold
+CFG_TA = dataclasses.replace(CFG, augment="trivial_augment")
 # masked BatchNorm path: NiN is BN-heavy; keep it to 1 epoch of a handful of samples
 CFG_BN = TrainConfig(arch="nin", epochs=1, batch_size=4, lr=0.02, crop_padding=1, group_size=0, cpu_threads=1)
 
@@ -55,8 +57,8 @@ def _poison(sets, j, rng):
     return out
 
 
-@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN],
-                         ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn"])
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN, CFG_TA, dataclasses.replace(CFG_TA, group_size=2)],
+                         ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn", "trivial_augment", "trivial_augment_groups_of_2"])
 @pytest.mark.parametrize("victim", [1, 3], ids=["empty_becomes_largest", "small_becomes_largest"])
 def test_shard_invariance_neighbour_poisoned(data, cfg, victim):
     sets, test_images, _ = data
@@ -76,7 +78,8 @@ def test_shard_invariance_neighbour_poisoned(data, cfg, victim):
             assert np.array_equal(clean[i], poisoned[i]), f"model {i} changed when model {victim} was poisoned"
 
 
-def test_repeatable_and_order_invariant(data):
+@pytest.mark.parametrize("CFG", [CFG, CFG_TA], ids=["crop_flip", "trivial_augment"])
+def test_repeatable_and_order_invariant(data, CFG):
     sets, test_images, _ = data
     seeds = [3, 4, 5, 6, 7]
     with pytest.warns(UserWarning, match="empty"):
@@ -116,7 +119,8 @@ def test_group_padding_makes_logits_independent_of_shard_size(data):
     assert np.array_equal(big[4], last[0])
 
 
-def test_different_sizes_match_reference_loop(data):
+@pytest.mark.parametrize("CFG", [CFG, CFG_TA], ids=["crop_flip", "trivial_augment"])
+def test_different_sizes_match_reference_loop(data, CFG):
     """Models of sizes 13, 21, 9, 17 (batch 8: padded last minibatches, different step counts)
     trained together agree with the plain per-model loop up to float rounding."""
     sets, test_images, test_labels = data
@@ -250,3 +254,47 @@ def test_gpu_check_rehearses_on_the_cpu(repo_root, tmp_path):
     assert checks["cuda_without_gpu_one_line"] and "no GPU is visible" in checks["cuda_without_gpu_message"]
     assert checks["argmax_agreement"] > 0.5
     assert (tmp_path / "throughput.csv").read_text().count("\n") >= 3 and json.loads((tmp_path / "ensemble.json").read_text())["k"] == 1200
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def test_augment_none_draws_what_the_engine_drew_before_the_option():
+    """augment="none" (the default) leaves the model's random stream as it was: permutation, crop
+    offsets, flip coins per epoch and nothing else, so existing results keep their bits."""
+    from poisoncert.train import _RNG_TAG, _Stream
+
+    cfg = TrainConfig(epochs=2, batch_size=4, crop_padding=2, hflip=True)
+    assert cfg.augment == "none"
+    st = _Stream(10, 77, cfg)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([77, _RNG_TAG])))
+    for epoch in range(2):
+        st.batch(epoch * st.steps_per_epoch)
+        assert np.array_equal(st.perm, rng.permutation(10))
+        assert np.array_equal(st.offsets, rng.integers(0, 5, size=(10, 2)))
+        assert np.array_equal(st.flips, rng.random(10) < 0.5)
+        assert not st.ops.any() and not st.strengths.any()
+    with pytest.raises(PoisonCertError, match="unknown augment"):
+        TrainConfig(augment="autoaugment")
+
+
+def test_trivial_augment_is_per_image_and_changes_the_training_images(rng):
+    """An image's augmented pixels depend on its pixels, op and strength only: any subset, order or
+    batch size gives the same bytes (what shard invariance needs); every op is reachable and the
+    non-identity ops at full strength change a generic image."""
+    from poisoncert.augment import TA_OPS, augment_batch, draw_augment
+
+    imgs = torch.from_numpy(rng.integers(0, 256, size=(300, 1, 12, 12)).astype(np.uint8))
+    ops, strengths = (torch.from_numpy(a) for a in draw_augment(np.random.default_rng(5), 300, "trivial_augment"))
+    assert set(ops.tolist()) == set(range(len(TA_OPS)))
+    full = augment_batch(imgs, ops, strengths)
+    perm = torch.from_numpy(rng.permutation(300))
+    for size in (1, 7, 128):
+        sub = perm[:size]
+        assert torch.equal(augment_batch(imgs[sub], ops[sub], strengths[sub]), full[sub])
+    one = imgs[:1]
+    for i, name in enumerate(TA_OPS):
+        out = augment_batch(one, torch.tensor([i]), torch.tensor([1.0]))
+        assert out.dtype == torch.uint8 and out.shape == one.shape
+        assert torch.equal(out, one) == (name == "identity"), name
+        assert torch.equal(augment_batch(one, torch.tensor([i]), torch.tensor([0.0])), one) or name == "auto_contrast", name

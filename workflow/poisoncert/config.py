@@ -151,8 +151,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key experiments.{name}.poison_check: dataset '{exp['dataset']}' is partitioned by its original images' "
                 "pixel sums, which the poison check's crafted poisons cannot aim at; set poison_check: 0"
             )
-        if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
-            raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
+        lrec = registry.learner(exp["learner"])
+        if lrec.needs_extractor and scheme not in lrec.schemes:
+            raise PoisonCertError(f"config key experiments.{name}.learner: {lrec.name} is for schemes {' and '.join(lrec.schemes)}, not '{scheme}'")
+        if exp["train"].get("hflip") and not registry.dataset(exp["dataset"]).hflip_ok:
+            ok = [n for n, d in registry.DATASETS.items() if d.hflip_ok]
+            raise PoisonCertError(
+                f"config key experiments.{name}.train.hflip: a mirrored {exp['dataset']} image can change its label "
+                f"(the papers flip CIFAR-10 only); flips are allowed on {', '.join(ok)}"
+            )
         if exp["two_phase"]:
             clean = sorted(set(exp["clean_classes"]))
             if scheme not in SELECTION_SCHEMES or not clean:

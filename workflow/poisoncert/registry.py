@@ -17,9 +17,9 @@ lists the certificates valid for it and the *view* of the scores each is compute
   reaches one partition, i.e. all d seeds of it: DPA on the k*d seed models as separate voters
   would count it d times too few, which is unsound.
 
-A learner that sees every *unlabeled* training image (SS-DPA's label-free extractor) lets an
-inserted image reach every base model, so its ensembles are certified against label flips only
-(:func:`threat_unit`).
+A learner that sees every *unlabeled* training image (SS-DPA's label-free extractor, also under
+the frozen-feature learner) lets an inserted image reach every base model, so its ensembles are
+certified against label flips only (:func:`threat_unit`).
 
 >>> SCHEMES["dpa_star"].view("dpa")
 'partition_mean'
@@ -30,6 +30,8 @@ poisoncert.errors.PoisonCertError: certificate 'dpa' is not sound for a 'fa' ens
 >>> SCHEMES["fa"].n_models(k=50, d=16)
 800
 >>> threat_unit("dpa", "rotnet")
+'label flips'
+>>> threat_unit("dpa", "frozen")
 'label flips'
 """
 
@@ -343,12 +345,23 @@ SCHEMES: dict[str, Scheme] = {
 @dataclass(frozen=True)
 class Learner:
     """A base learner. ``sees_unlabeled_train``: it is fitted on every training image without labels
-    (SS-DPA's extractor), so an inserted image reaches every base model: label flips only."""
+    (SS-DPA's extractor), so an inserted image reaches every base model: label flips only.
+    ``needs_extractor``: its train jobs read the experiment's shared label-free extractor
+    (``results/{exp}/extractor.pt``, rule ``extractor``; ``poisoncert train --extractor``).
+    ``config_key``: the experiment's config block of the learner's own settings (schema and
+    dataclass), if any."""
 
     name: str
     paper: str
     schemes: tuple[str, ...]
     sees_unlabeled_train: bool = False
+    needs_extractor: bool = False
+    config_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.needs_extractor and not self.sees_unlabeled_train:
+            # the extractor is trained on the poisonable training images: an insertion reaches every model
+            raise PoisonCertError(f"learner {self.name!r}: an extractor trained on the training images sees them unlabeled")
 
 
 LEARNERS: dict[str, Learner] = {
@@ -357,9 +370,12 @@ LEARNERS: dict[str, Learner] = {
         Learner("supervised", "the papers' networks, trained on the base model's own labelled set",
                 ("dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial")),
         Learner("rotnet", "000, Section 2.3.1: label-free RotNet extractor on all unlabeled images + a head per partition",
-                ("ssdpa", "dpa"), sees_unlabeled_train=True),
+                ("ssdpa", "dpa"), sees_unlabeled_train=True, needs_extractor=True),
         Learner("binary_kmeans", "000, Appendix B: 2-means on all unlabeled images + one labelled sample per base classifier",
                 ("binary_kmeans",), sees_unlabeled_train=True),
+        Learner("frozen", "beyond the papers (issue 16, Lethal Dose Conjecture): the frozen RotNet features of 000, Section 2.3.1 "
+                "+ a nearest-centroid or k-NN rule per partition (poisoncert.frozen)",
+                ("ssdpa", "dpa"), sees_unlabeled_train=True, needs_extractor=True, config_key="frozen"),
     )
 }
 
@@ -369,7 +385,14 @@ LEARNERS: dict[str, Learner] = {
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A dataset: its loader in :mod:`poisoncert.data`, sizes, classes and image shape (C, H, W)."""
+    """A dataset: its loader in :mod:`poisoncert.data`, sizes, classes and image shape (C, H, W).
+
+    ``hflip_ok``: a horizontal flip keeps every label, so ``train.hflip`` is allowed (config
+    validation refuses it elsewhere). The papers flip CIFAR-10 only (DPA / FA / ROE: NiN after
+    Gidaris et al. 2018): a flipped digit is another glyph (MNIST, digits) and traffic signs carry
+    left/right meanings (GTSRB). Fashion-MNIST's ten clothing classes are mirror-symmetric
+    categories (a flipped left shoe is a shoe), so flips are allowed there too (not in the papers).
+    """
 
     name: str
     loader: str
@@ -385,6 +408,8 @@ class DatasetRecord:
     #: partitions hash the original (unresized) images' pixel sums, as the DPA / FA references do
     #: for GTSRB; the poison check, which crafts poisons by their stored pixels, cannot attack them
     hashes_source_images: bool = False
+    #: a mirrored image keeps its class (the papers flip CIFAR-10 only), so train.hflip is allowed
+    hflip_ok: bool = False
 
     @property
     def paper_dataset(self) -> str:
@@ -398,9 +423,9 @@ DATASETS: dict[str, DatasetRecord] = {
         DatasetRecord("digits17", "_digits17", 289, 72, 2, (1, 8, 8), "the 1s and 7s of digits (labels 0/1)", embedded=True),
         DatasetRecord("mnist", "_mnist", 60000, 10000, 10, (1, 28, 28), "torchvision MNIST"),
         DatasetRecord("fashion_mnist", "_fashion_mnist", 60000, 10000, 10, (1, 28, 28),
-                      "Fashion-MNIST: torchvision's FashionMNIST layout, else Debian's dataset-fashion-mnist"),
+                      "Fashion-MNIST: torchvision's FashionMNIST layout, else Debian's dataset-fashion-mnist", hflip_ok=True),
         DatasetRecord("mnist17", "_mnist17", 13007, 2163, 2, (1, 28, 28), "the 1s and 7s of MNIST (DPA App. B)"),
-        DatasetRecord("cifar10", "_cifar10", 50000, 10000, 10, (3, 32, 32), "torchvision CIFAR-10"),
+        DatasetRecord("cifar10", "_cifar10", 50000, 10000, 10, (3, 32, 32), "torchvision CIFAR-10", hflip_ok=True),
         DatasetRecord("gtsrb", "_gtsrb", 26640, 12630, 43, (3, 32, 32),
                       "torchvision's GTSRB splits (GTSRB-Training_fixed.zip: 26,640 training images), resized to 32x32, hashed on the originals",
                       hashes_source_images=True),

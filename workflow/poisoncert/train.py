@@ -20,7 +20,10 @@ or the sizes of the other partitions in its shard:
 * **per-model randomness**: weights are initialised from ``torch`` CPU RNG seeded with the model's
   seed alone; shuffling and augmentation draws (crop offsets, flips) come from a numpy
   ``Generator(PCG64(SeedSequence([seed, 0x5EED])))`` owned by that model and consumed once per
-  *own* epoch: permutation, then crop offsets (n_i x 2), then flip coins (n_i).
+  *own* epoch: permutation, then crop offsets (n_i x 2), then flip coins (n_i), then, with
+  ``augment="trivial_augment"`` only, one TrivialAugment op, strength bin and sign per sample
+  (:mod:`poisoncert.augment`). A setting that is off draws nothing, so ``augment="none"`` (the
+  default) consumes the generator exactly as before the option existed.
 * **per-model normalisation**: each model normalises with :func:`channel_stats` of its own set.
 * **no cross-model arithmetic**: convolutions are grouped (one group per model), linear layers are
   ``baddbmm``, BatchNorm statistics are per model, the loss is a sum of per-model losses (so each
@@ -63,6 +66,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .augment import AUGMENTATIONS, augment_batch, draw_augment  # noqa: E402
 from .data import canonical_order  # noqa: E402  (pixels, then label: DPA paper 2.2.1)
 from .errors import PoisonCertError  # noqa: E402
 from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model  # noqa: E402
@@ -94,6 +98,13 @@ class TrainConfig:
     batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
     lr_milestones=(60, 120, 160), lr_gamma=0.2``, random crop (padding 4 on CIFAR-10, 32x32) and
     horizontal flips on CIFAR-10 only.
+
+    Augmentation, applied in this order to every training minibatch (never to test images):
+    random crop (``crop_padding``), horizontal flip (``hflip``; only where flips preserve the label,
+    :attr:`poisoncert.registry.DatasetRecord.hflip_ok`), then the ``augment`` policy:
+    ``"none"`` (default, the papers' setting) or ``"trivial_augment"`` (TrivialAugment, Mueller &
+    Hutter 2021: one random op of :data:`poisoncert.augment.TA_OPS` at a random strength per image
+    and epoch; a more data-efficient base learner in the sense of the Lethal Dose Conjecture).
     """
 
     arch: str = "small_cnn"
@@ -107,6 +118,7 @@ class TrainConfig:
     lr_gamma: float = 0.2
     crop_padding: int = 0  # random crop with this zero padding (0 = off)
     hflip: bool = False  # random horizontal flips (off for digits / MNIST / GTSRB)
+    augment: str = "none"  # policy after crop/flip: none | trivial_augment (poisoncert.augment)
     warmup_epochs: int = 0  # linear warm-up: epoch e < warmup uses lr * (e + 1) / warmup
     eval_batch_size: int = 0  # test images per forward pass; 0 = auto: 8 on CPU (activations stay in cache, ~7x faster than 1000), 1000 on GPU
     cpu_threads: int = 1  # torch CPU threads while training (0 = leave torch's setting); see module doc
@@ -118,6 +130,8 @@ class TrainConfig:
             raise PoisonCertError(
                 f"unknown architecture {self.arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
             )
+        if self.augment not in AUGMENTATIONS:
+            raise PoisonCertError(f"TrainConfig: unknown augment {self.augment!r}; valid ones: {', '.join(AUGMENTATIONS)}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -207,15 +221,17 @@ class _Stream:
         p = c.crop_padding
         self.offsets = self.rng.integers(0, 2 * p + 1, size=(self.n, 2)) if p else np.full((self.n, 2), 0)
         self.flips = self.rng.random(self.n) < 0.5 if c.hflip else np.zeros(self.n, bool)
+        self.ops, self.strengths = draw_augment(self.rng, self.n, c.augment)
 
     def batch(self, step: int):
-        """Rows (positions in the sorted set), crop offsets and flips of the model's ``step``-th step."""
+        """Rows (positions in the sorted set), crop offsets, flips, augment ops and signed
+        strengths, and the epoch of the model's ``step``-th step."""
         e, j = divmod(step, self.steps_per_epoch)
         if j == 0:
             self.draw_epoch()
         assert e == self.epoch
         sl = slice(j * self.b, (j + 1) * self.b)
-        return self.perm[sl], self.offsets[sl], self.flips[sl], e
+        return self.perm[sl], self.offsets[sl], self.flips[sl], self.ops[sl], self.strengths[sl], e
 
 
 def _crop_flip(u8: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, H: int, W: int, pad: int,
@@ -491,6 +507,8 @@ def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainCo
     msk_np = np.empty((B, bsz), np.float32)
     off_np = np.empty((B, bsz, 2), np.int64)
     flp_np = np.empty((B, bsz), bool)
+    ops_np = np.empty((B, bsz), np.int64)
+    str_np = np.empty((B, bsz), np.float32)
     act_np = np.empty(B, bool)
     lr_np = np.empty(B, np.float32)
     wd, mom = config.weight_decay, config.momentum
@@ -499,23 +517,29 @@ def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainCo
         msk_np.fill(0.0)
         off_np.fill(0)
         flp_np.fill(False)
+        ops_np.fill(0)  # op 0 = identity (also for padding rows)
+        str_np.fill(0.0)
         for i, st in enumerate(streams):
             act = t < st.total_steps
             act_np[i] = act
             lr_np[i] = 0.0
             if not act:
                 continue
-            rows, offs, flips, epoch = st.batch(t)
+            rows, offs, flips, ops, strengths, epoch = st.batch(t)
             r = len(rows)
             idx_np[i, :r] = offsets[i] + rows
             msk_np[i, :r] = 1.0
             off_np[i, :r] = offs
             flp_np[i, :r] = flips
+            ops_np[i, :r] = ops
+            str_np[i, :r] = strengths
             lr_np[i] = config.lr_at(epoch)
         idx = torch.from_numpy(idx_np).to(dev).view(-1)
         mask_bt = torch.from_numpy(msk_np).to(dev)  # (B, b)
         u8 = _crop_flip(store[idx], torch.from_numpy(off_np).to(dev).view(-1, 2),
                         torch.from_numpy(flp_np).to(dev).view(-1), H, W, pad, config.hflip)
+        if config.augment != "none":
+            u8 = augment_batch(u8, torch.from_numpy(ops_np).to(dev).view(-1), torch.from_numpy(str_np).to(dev).view(-1))
         x = _normalize(u8.view(B, bsz, C, H, W), mean_b, std_b)  # (B, b, C, H, W)
         x = x.transpose(0, 1).reshape(bsz, B * C, H, W).contiguous(memory_format=cl)
         y1h = F.one_hot(label_store[idx].view(B, bsz), K).to(torch.float32)
@@ -598,12 +622,15 @@ def train_one(train_set, seed, test_images, n_classes, config: TrainConfig, devi
         stream = _Stream(n, seed, config)
         model.train()
         for t in range(stream.total_steps):
-            rows, offs, flips, epoch = stream.batch(t)
+            rows, offs, flips, ops, strengths, epoch = stream.batch(t)
             for g in opt.param_groups:
                 g["lr"] = config.lr_at(epoch)
             r = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
             u8 = _crop_flip(store[r], torch.from_numpy(np.ascontiguousarray(offs)).to(dev),
                             torch.from_numpy(np.ascontiguousarray(flips)).to(dev), H, W, pad, config.hflip)
+            if config.augment != "none":
+                u8 = augment_batch(u8, torch.from_numpy(np.ascontiguousarray(ops)).to(dev),
+                                   torch.from_numpy(np.ascontiguousarray(strengths)).to(dev))
             x = _normalize(u8, mean, std)
             logits = model(x)
             loss = -(torch.log_softmax(logits, -1) * F.one_hot(ys[r], K).to(torch.float32)).sum(-1).mean()

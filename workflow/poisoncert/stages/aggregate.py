@@ -43,6 +43,20 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
     print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
 
 
+#: Training options added after results existed, at the value that reproduces the old behaviour
+#: (a shard written before ``TrainConfig.augment`` trained exactly as ``augment: none``).
+LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": "none"}
+
+
+def _identity(shard_meta: dict[str, Any]) -> tuple:
+    """What must agree between the shards of one ensemble: runtime, training config (its later-added
+    options filled in at their defaults) and learner."""
+    train = shard_meta.get("train")
+    if isinstance(train, dict):
+        train = {**LATER_TRAIN_DEFAULTS, **train}
+    return shard_meta.get("runtime"), train, shard_meta.get("learner"), shard_meta.get("frozen")
+
+
 def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str, Any]:
     """Copy every shard's logits into ``scores`` (n_test, n_models, C), one shard in memory at a time."""
     n = parts.n_models
@@ -60,7 +74,7 @@ def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str,
             raise PoisonCertError(f"{f} was trained with other seeds than {partitions_file} says; delete it and rerun")
         if first is None:
             first = {**m, "file": f}
-        elif (m.get("runtime"), m.get("train")) != (first.get("runtime"), first.get("train")):
+        elif _identity(m) != _identity(first):
             raise PoisonCertError(
                 f"{f} was trained by another runtime or training configuration than {first['file']} "
                 f"({m.get('runtime')} vs {first.get('runtime')}); delete the stale shards and rerun"
@@ -74,6 +88,14 @@ def _gather(shard_files, scores, parts, pmeta, ds, partitions_file) -> dict[str,
 
 
 def _meta(parts, pmeta, ds, first, experiment) -> dict[str, Any]:
+    ran, asked = first.get("learner"), experiment.get("learner")
+    if asked and ran in registry.LEARNERS and ran != asked:
+        # e.g. a learner whose train jobs need the extractor, run without --extractor/--learner:
+        # the scores would be another learner's under this experiment's threat model
+        raise PoisonCertError(
+            f"{first['file']} was trained by learner '{ran}', but the experiment asks for '{asked}'; "
+            "the train rule must pass that learner's flags (rules/common.smk _train_args); delete the shards and rerun"
+        )
     return {
         **parts.meta(),
         "seeds": parts.seeds.tolist(),
