@@ -79,6 +79,22 @@ def _message(error) -> str:
     return f"config key {key}: {error.message}{hint}"
 
 
+def _learner_defaults(cfg: dict[str, Any]) -> None:
+    """Fill a learner's own extractor defaults (``registry.Learner.extractor_defaults``, e.g. SimCLR's)
+    where an experiment leaves them out, before the schema's (RotNet's) defaults fill the rest.
+    Leaves anything malformed to the schema check."""
+    exps = cfg.get("experiments")
+    if not isinstance(exps, dict):
+        return
+    for exp in exps.values():
+        if not isinstance(exp, dict) or exp.get("learner") not in registry.LEARNERS:
+            continue
+        defaults = registry.learner(exp["learner"]).extractor_defaults
+        if defaults and isinstance(exp.setdefault("extractor", {}), dict):
+            for key, value in defaults.items():
+                exp["extractor"].setdefault(key, copy.deepcopy(value))
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` (a dict as loaded from YAML), fill defaults, and return it.
 
@@ -87,6 +103,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise PoisonCertError("the config must be a mapping of keys to values (see config.yaml)")
     cfg = copy.deepcopy(config)
+    _learner_defaults(cfg)
     schema = load_schema()
     error = best_match(_Validator(schema).iter_errors(cfg))
     if error is not None:
@@ -144,8 +161,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key experiments.{name}.poison_check: the poison check attacks the deterministic schemes ({', '.join(attackable)}) "
                 "with the supervised learner (binary_kmeans: its own)"
             )
-        if exp["learner"] == "rotnet" and scheme not in ("ssdpa", "dpa"):
-            raise PoisonCertError(f"config key experiments.{name}.learner: rotnet is for schemes ssdpa and dpa, not '{scheme}'")
+        learner = registry.learner(exp["learner"])
+        if learner.extractor:
+            if scheme not in learner.schemes:
+                raise PoisonCertError(f"config key experiments.{name}.learner: {learner.name} is for schemes {' and '.join(learner.schemes)}, not '{scheme}'")
+            arch = exp["extractor"]["arch"]
+            if arch not in learner.extractor_archs:
+                raise PoisonCertError(
+                    f"config key experiments.{name}.extractor.arch: learner {learner.name} trains a {' or '.join(learner.extractor_archs)} extractor, not '{arch}'"
+                )
+            if exp["head"]["kind"] == "nin_block" and arch != "nin":
+                raise PoisonCertError(f"config key experiments.{name}.head.kind: nin_block needs the feature maps of extractor.arch nin, not '{arch}'; use linear or logistic")
         if exp["two_phase"]:
             clean = sorted(set(exp["clean_classes"]))
             if scheme not in SELECTION_SCHEMES or not clean:

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--extractor", default=None, help="SS-DPA: feature extractor file (heads are trained on its features)")
+    p.add_argument("--head-config", type=json_object, default={},
+                   help="SS-DPA: JSON of HeadConfig fields (kind, nin_block, linear, logistic); {} = kind auto, the extractor's own head")
     p.add_argument("--phase2", default=None, help="2-phase ensembles (Chen et al. Alg. 3): the shared phi_2 file")
 
 
@@ -41,11 +43,13 @@ def shard_range(shard: int, shard_size: int, n_models: int) -> range:
 
 
 def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_fields: dict[str, Any], device: str = "auto",
-          threads: int = 1, progress: bool = True, extractor_file: str | None = None, phase2_file: str | None = None) -> None:
+          threads: int = 1, progress: bool = True, extractor_file: str | None = None, phase2_file: str | None = None,
+          head_fields: dict[str, Any] | None = None) -> None:
     """Train the base models of one shard and write their test-set logits.
 
-    With ``extractor_file`` (SS-DPA, learner rotnet) each base model is a head on the shared
-    label-free features, trained on its own partition's labels only. For a ``two_phase``
+    With ``extractor_file`` (SS-DPA, learners rotnet and simclr) each base model is a head
+    (``head_fields``: :class:`poisoncert.semisup.HeadConfig`) on the shared label-free extractor,
+    trained on its own partition's labels only. For a ``two_phase``
     partitions file (Chen et al. Algorithm 3) each phi_1^i is trained on its set with the clean
     classes merged into one virtual class, and the logits written are the one-hot votes of
     phi_2(phi_1^i(x)) with the shared phi_2 of ``phase2_file``.
@@ -75,16 +79,22 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     cfg = train_config(train_fields, threads)
     dev = resolve_device(device)
     extra: dict[str, np.ndarray] = {}
+    extra_meta: dict[str, Any] = {}
+    learner = "two_phase" if two_phase else "supervised"
     if extractor_file is not None:
-        from ..semisup import HeadConfig, extract_features, train_heads
+        from ..semisup import HeadConfig, extractor_config, train_base_heads
         from .extractor import read_extractor
 
         state = read_extractor(extractor_file)
         if state.get("dataset_hash") != pmeta["dataset_hash"]:
             raise PoisonCertError(f"{extractor_file} was trained on other data; delete it and rerun")
-        feats = extract_features(state, np.concatenate([ds.train_images, ds.test_images]))
-        n_train = len(ds.train_labels)
-        logits = train_heads(feats[:n_train], ds.train_labels, [parts.members(m) for m in models], seeds, feats[n_train:], ds.n_classes, HeadConfig())
+        head = HeadConfig.from_dict(head_fields or {})
+        ext = extractor_config(state)
+        head_kind = head.resolved(ext.arch)
+        learner = ext.learner
+        logits = train_base_heads(state, ds.train_images, ds.train_labels, [parts.members(m) for m in models], seeds, ds.test_images,
+                                  ds.n_classes, head, device=dev.type)
+        extra_meta = {"head_kind": head_kind, "head": dataclasses.asdict(head)}
     else:
         train_sets = [(ds.train_images[parts.members(m)], labels[parts.members(m)]) for m in models]
         logits = train_shard(train_sets, seeds, ds.test_images, n_classes, cfg, device=dev.type, progress=progress)
@@ -111,12 +121,13 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         "torch": torch.__version__,
         "train": dataclasses.asdict(cfg),
         "runtime": runtime_fingerprint(cfg, dev.type),
-        "learner": "rotnet" if extractor_file else ("two_phase" if two_phase else "supervised"),
+        "learner": learner,
         "dataset_hash": pmeta["dataset_hash"],
+        **extra_meta,
     }
     atomic_savez(out, logits=logits, meta=np.array(json.dumps(meta)), **extra)
 
 
 def main(args: argparse.Namespace) -> None:
     train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, args.train_config, args.device, args.threads,
-          not args.no_progress, args.extractor, args.phase2)
+          not args.no_progress, args.extractor, args.phase2, args.head_config)
