@@ -426,9 +426,10 @@ def _pretext_loss(model, xb, config: ExtractorConfig, gen, m_t, s_t, dev):
     """The label-free loss of one batch of images in [0, 1] (CPU): rotation prediction or NT-Xent."""
     import torch
 
-    if config.arch == "resnet18":
+    if config.arch == "resnet18":  # the views are made on the device; their random draws come from the CPU ``gen``
+        xb = xb.to(dev)
         v = torch.cat([_simclr_view(xb, config, gen), _simclr_view(xb, config, gen)])
-        return nt_xent(model((v.to(dev) - m_t) / s_t), config.temperature), len(v)
+        return nt_xent(model((v - m_t) / s_t), config.temperature), len(v)
     if config.crop_pad:
         xb = _random_shift(xb, config.crop_pad, gen)
     if config.hflip:
