@@ -237,10 +237,13 @@ def _build_rotnet(config: ExtractorConfig, in_channels: int, height: int):
 
 
 def _build_nin_rotnet(config: ExtractorConfig, in_channels: int):
-    """The paper's RotNet: ``n_blocks`` stages of Gidaris' ``NetworkInNetwork`` + a 4-way linear layer."""
+    """The paper's RotNet: ``n_blocks`` stages of Gidaris' ``NetworkInNetwork`` + a 4-way linear layer.
+
+    PyTorch's default initialisation, as in the reference: its ``NetworkInNetwork`` defines
+    ``weight_initialization`` but neither Gidaris' ``Algorithm`` nor the DPA code calls it."""
     from torch import nn
 
-    from .models import GlobalAvgPool, nin_init, nin_stage, nin_stage_out_channels
+    from .models import GlobalAvgPool, nin_stage, nin_stage_out_channels
 
     class NinRotNet(nn.Module):
         def __init__(self) -> None:
@@ -263,7 +266,7 @@ def _build_nin_rotnet(config: ExtractorConfig, in_channels: int):
                 x = stage(x)
             return x
 
-    return nin_init(NinRotNet())
+    return NinRotNet()
 
 
 def _build_simclr(config: ExtractorConfig, in_channels: int):
