@@ -224,7 +224,7 @@ def test_nin_extractor_and_head_are_the_reference_architecture():
     assert _build_extractor(ExtractorConfig(arch="resnet18"), 3, 32).features(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
 
 
-@pytest.mark.parametrize("which", ["nin", pytest.param("simclr", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("which", ["nin", "simclr"])
 def test_paper_extractors_are_functions_of_the_image_set(digits, nin_state, simclr_state, which):
     """Order, duplicates and labels do not matter; a rerun is bit-identical; the seed matters."""
     state, cfg, n = (nin_state, TINY_NIN, N_SUB) if which == "nin" else (simclr_state, TINY_SIMCLR, 96)
@@ -252,7 +252,7 @@ def asdict_(cfg):
 TINY_SGD = SGDHeadConfig(epochs=2, batch_size=16, lr_milestones=(1,), crop_padding=1, hflip=True, width=8)
 
 
-@pytest.mark.parametrize("which", ["nin_block", pytest.param("linear", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("which", ["nin_block", "linear"])
 def test_sgd_heads_flip_one_label_changes_exactly_one_head_and_are_shard_invariant(digits, nin_state, simclr_state, which):
     state = nin_state if which == "nin_block" else simclr_state
     head = HeadConfig(kind=which, nin_block=TINY_SGD, linear=TINY_SGD)
@@ -277,7 +277,6 @@ def test_sgd_heads_flip_one_label_changes_exactly_one_head_and_are_shard_invaria
     assert not np.array_equal(reseeded[0], logits[2])
 
 
-@pytest.mark.slow
 def test_nin_block_heads_learn_and_empty_partitions_vote_zero(digits, nin_state):
     x, y, xt = _sub(digits)
     yt = digits.test_labels[: len(xt)]
