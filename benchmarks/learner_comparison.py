@@ -74,9 +74,9 @@ LABELS = {
 #: Per dataset: the workflow's train settings (config/fashion_mnist.yaml; TrainConfig's digits defaults),
 #: the crop padding, the extractor settings (config/fashion_mnist.yaml's fmnist_ssdpa; defaults) and k.
 PRESETS = {
-    "digits": {"train": {}, "crop_padding": 1, "extractor": {}, "ks": "10,25,50,100"},
+    "digits": {"train": {}, "crop_padding": 1, "extractor": {"arch": "light", "lr_schedule": "cosine", "crop_pad": 0}, "ks": "10,25,50,100"},
     "fashion_mnist": {"train": {"arch": "small_cnn", "epochs": 10}, "crop_padding": 2,
-                      "extractor": {"width": 16, "n_blocks": 3, "feature_block": 2, "epochs": 4, "batch_size": 128},
+                      "extractor": {"arch": "light", "width": 16, "n_blocks": 3, "feature_block": 2, "epochs": 4, "batch_size": 128, "lr_schedule": "cosine", "crop_pad": 0},
                       "ks": "50,250,1200"},
 }
 

@@ -137,14 +137,11 @@ def _train_args(exp):
     learner = registry.learner(e["learner"])
     if learner.needs_extractor:
         args += f" --extractor results/{exp}/extractor.pt"
-        if (
-            learner.name != "rotnet"
-        ):  # the train stage's default: rotnet jobs keep their command line
-            args += f" --learner {learner.name}"
-        if learner.config_key:
-            args += (
-                f" --learner-config {shlex.quote(json.dumps(e[learner.config_key]))}"
-            )
+        if learner.config_key:  # frozen: its own rule on the features, no heads
+            fields = shlex.quote(json.dumps(e[learner.config_key]))
+            args += f" --learner {learner.name} --learner-config {fields}"
+        else:  # rotnet, simclr: a head per partition
+            args += f" --head-config {shlex.quote(json.dumps(e['head']))}"
     elif e["two_phase"]:
         args += f" --phase2 results/{exp}/phase2.npz"
     return args

@@ -59,6 +59,13 @@ def test_every_schema_key_has_description_and_default():
         ({**_exp(), "shard_size": 0}, "shard_size"),
         (_exp(scheme="fa", d=[2], offsets=[1, 1]), "distinct"),
         (_exp(dataset="gtsrb48", poison_check=2), r"poison_check: dataset 'gtsrb48' is partitioned by its original images' pixel sums"),
+        (_exp(scheme="fa", learner="simclr"), "learner: simclr is for schemes ssdpa and dpa, not 'fa'"),
+        (_exp(learner="rotnet", extractor={"arch": "resnet18"}), "extractor.arch: learner rotnet trains a nin or light extractor, not 'resnet18'"),
+        (_exp(learner="simclr", extractor={"arch": "nin"}), "extractor.arch: learner simclr trains a resnet18 extractor"),
+        (_exp(learner="rotnet", extractor={"arch": "light"}, head={"kind": "nin_block"}), "head.kind: nin_block needs the feature maps"),
+        (_exp(learner="rotnet", head={"kind": "svm"}), r"head\.kind: 'svm' is not allowed"),
+        (_exp(learner="rotnet", head={"nin_block": {"epochs": 0}}), r"head\.nin_block\.epochs"),
+        (_exp(learner="rotnet", extractor={"lr_schedule": "linear"}), r"extractor\.lr_schedule: 'linear' is not allowed"),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg, match):
@@ -74,3 +81,19 @@ def test_cli_check_config_reports_error_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("poisoncert: error: config key experiments.e.k[0]")
     assert "Traceback" not in proc.stderr
+
+
+def test_learner_defaults_fill_the_extractor_before_the_schema():
+    """learner simclr's own extractor defaults (registry.SIMCLR_DEFAULTS) where the config is silent;
+    the schema's (RotNet's) for the rest; what the config says wins."""
+    from poisoncert import registry
+    from poisoncert.semisup import ExtractorConfig, HeadConfig
+
+    x = validate_config(_exp(learner="simclr"))["experiments"]["e"]["extractor"]
+    assert {k: x[k] for k in registry.SIMCLR_DEFAULTS} == registry.SIMCLR_DEFAULTS
+    assert x["temperature"] == 0.5 and ExtractorConfig(**x).learner == "simclr"
+    y = validate_config(_exp(learner="simclr", extractor={"epochs": 3, "hflip": True}))["experiments"]["e"]["extractor"]
+    assert y["epochs"] == 3 and y["hflip"] and y["arch"] == "resnet18"
+    r = validate_config(_exp(learner="rotnet"))["experiments"]["e"]
+    assert ExtractorConfig(**r["extractor"]) == ExtractorConfig()  # the paper's RotNet
+    assert HeadConfig.from_dict(r["head"]) == HeadConfig() and HeadConfig().resolved("nin") == "nin_block"

@@ -94,7 +94,7 @@ def test_frozen_learner_on_digits_beats_chance_and_refuses_insertions(digits):
     from poisoncert.frozen import frozen_learner
     from poisoncert.semisup import ExtractorConfig, train_extractor
 
-    state = train_extractor(digits.train_images[:600], ExtractorConfig(width=8, epochs=2, batch_size=128))  # label-free: any images
+    state = train_extractor(digits.train_images[:600], ExtractorConfig(arch="light", width=8, epochs=2, batch_size=128))  # label-free: any images
     fn = frozen_learner(state, digits.train_images, digits.test_images, 10)
     sets = [(digits.train_images[i::5], digits.train_labels[i::5]) for i in range(5)]
     logits = fn(sets, [0] * 5)
@@ -113,7 +113,7 @@ def test_train_stage_writes_frozen_logits_with_the_label_flip_threat(tmp_path, d
     meta = save_dataset(ds, tmp_path / "ds.npz")
     parts = make_partitions(ds.train_images, ds.train_labels, "ssdpa", 6, 1)
     save_partitions(parts, tmp_path / "p.npz", meta["content_hash"])
-    cfg = json.dumps({"width": 4, "n_blocks": 2, "feature_block": 1, "epochs": 1})
+    cfg = json.dumps({"arch": "light", "width": 4, "n_blocks": 2, "feature_block": 1, "epochs": 1})
     assert main(["extractor", "--dataset-file", str(tmp_path / "ds.npz"), "--out", str(tmp_path / "e.pt"), "--config", cfg, "--device", "cpu"]) == 0
     common = ["train", "--dataset-file", str(tmp_path / "ds.npz"), "--partitions", str(tmp_path / "p.npz"), "--shard-size", "4",
               "--device", "cpu", "--no-progress", "--extractor", str(tmp_path / "e.pt")]

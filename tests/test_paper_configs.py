@@ -25,7 +25,7 @@ DIGITS_CONFIGS = sorted((CONFIG / "digits").glob("*.yaml"))
 # keys that must agree between experiments of the same name in different configs (k, d and the
 # certificates may differ: each config asks for the ensembles and certificates its table needs)
 ENSEMBLE_KEYS = ("dataset", "scheme", "n_models", "clean_classes", "clean_count", "balance", "balance_size",
-                 "offsets", "learner", "extractor", "same_seed", "seed_base", "train", "two_phase")
+                 "offsets", "learner", "extractor", "head", "same_seed", "seed_base", "train", "two_phase")
 
 
 def ids(p: Path) -> str:
@@ -68,6 +68,13 @@ def test_paper_config_header_and_settings(path: Path):
             assert t["arch"] == ("resnet18" if e["dataset"] == "cifar10" else "lenet") and e["balance"]
         if e["learner"] == "supervised":
             assert t["hflip"] == (e["dataset"] == "cifar10"), f"{path.name}: {name}: flips only on CIFAR-10"
+        if e["learner"] == "rotnet":  # DPA 2.3.1 / 3: RotNet NiN extractor, conv2 maps, NiN-block heads (Gidaris' settings)
+            x, h = e["extractor"], e["head"]
+            assert (x["arch"], x["width"], x["n_blocks"], x["feature_block"]) == ("nin", 192, 4, 2), f"{path.name}: {name}"
+            assert (x["epochs"], x["batch_size"], x["lr"], x["lr_schedule"], x["lr_milestones"], x["crop_pad"]) == (200, 128, 0.1, "step", [60, 120, 160], 4)
+            hb = h["nin_block"]
+            assert h["kind"] == "nin_block" and (hb["epochs"], hb["batch_size"], hb["lr"], hb["lr_milestones"], hb["crop_padding"]) == (100, 128, 0.1, [35, 70, 85], 4)
+            assert x["hflip"] == hb["hflip"] == (e["dataset"] == "cifar10"), f"{path.name}: {name}: flips only on CIFAR-10"
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=ids)
@@ -124,3 +131,13 @@ def test_snakemake_dry_run_of_paper_config(tmp_path: Path, name: str, snakemake)
         assert f"results/{exp}/" in out, f"dry run of {name} plans no job for {exp}"
     for rule in ("prepare", "partition", "train", "aggregate", "certify", "report"):
         assert rule in out, f"dry run of {name} has no {rule} job"
+
+
+@pytest.mark.parametrize("path", DIGITS_CONFIGS + REAL_CONFIGS + [REPO / "config.yaml"], ids=ids)
+def test_cpu_configs_keep_the_light_semisupervised_learner(path: Path):
+    """The digits twins, Fashion-MNIST and the default config run SS-DPA with the light CPU learner
+    (light RotNet, cosine schedule, no crops, logistic heads): the learner their README numbers came from."""
+    for name, e in load_config_file(path)["experiments"].items():
+        if e["learner"] == "rotnet":
+            x = e["extractor"]
+            assert (x["arch"], x["lr_schedule"], x["crop_pad"], e["head"]["kind"]) == ("light", "cosine", 0, "logistic"), f"{path.name}: {name}"

@@ -195,7 +195,7 @@ def test_poison_and_retrain_within_the_certificate_holds(small, small17, scheme,
         if scheme != "fa":
             assert o.models_changed <= o.n_poisons * (SIZES[scheme][1] if scheme == "dpa_star" else 1)
     assert any(o.votes_to_target >= 1 for o in outcomes)
-    assert unit == (registry.LABEL_FLIPS if scheme in ("ssdpa", "binary_kmeans") or learner in ("rotnet", "frozen") else registry.INSERTIONS)
+    assert unit == (registry.LABEL_FLIPS if scheme in ("ssdpa", "binary_kmeans") or registry.LEARNERS[learner].sees_unlabeled_train else registry.INSERTIONS)
 
 
 @pytest.mark.parametrize("scheme,cert,learner", CASES, ids=[f"{s}-{c}-{lr}" for s, c, lr in CASES])
@@ -253,7 +253,7 @@ def test_learners_that_read_an_extractor_are_certified_against_label_flips():
             assert all(registry.threat_unit(s, lr.name) == registry.LABEL_FLIPS for s in lr.schemes)
     assert registry.LEARNERS["frozen"].needs_extractor and registry.LEARNERS["rotnet"].needs_extractor
     with pytest.raises(PoisonCertError, match="sees them unlabeled"):
-        registry.Learner("x", "", ("dpa",), needs_extractor=True)
+        registry.Learner("x", "", ("dpa",), extractor_archs=("light",))
 
 
 def _schema_train(schema):
@@ -262,18 +262,31 @@ def _schema_train(schema):
     return defs["train"]["properties"], exp["extractor"]["properties"], exp["frozen"]["properties"]
 
 
-def test_schema_defaults_are_the_dataclass_defaults():
+def _schema_configs():
+    """(dataclass, default instance, schema properties) of every config object the schema documents."""
     from poisoncert.frozen import FrozenConfig
-    from poisoncert.semisup import ExtractorConfig
+    from poisoncert.semisup import ExtractorConfig, HeadConfig
     from poisoncert.train import TrainConfig
 
-    train, extractor, frozen = _schema_train(load_schema())
-    for cls, props in ((TrainConfig, train), (ExtractorConfig, extractor), (FrozenConfig, frozen)):
+    schema = load_schema()
+    train, extractor, frozen = _schema_train(schema)
+    head = (schema.get("$defs") or schema.get("definitions"))["experiment"]["properties"]["head"]["properties"]
+    h = HeadConfig()
+    return [(TrainConfig, TrainConfig(), train), (ExtractorConfig, ExtractorConfig(), extractor), (FrozenConfig, FrozenConfig(), frozen)] + [
+        (type(getattr(h, name)), getattr(h, name), head[name]["properties"]) for name in ("nin_block", "linear", "logistic")]
+
+
+def test_schema_defaults_are_the_dataclass_defaults():
+    from poisoncert.semisup import HeadConfig
+
+    head = (load_schema().get("$defs") or {})["experiment"]["properties"]["head"]["properties"]
+    assert set(head) == {f.name for f in dataclasses.fields(HeadConfig)} and head["kind"]["default"] == HeadConfig().kind
+    for cls, instance, props in _schema_configs():
         # cpu_threads is the top-level train_threads (the rule's threads), not a per-experiment key
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "cpu_threads"}
         assert set(props) == set(fields), f"{cls.__name__}: schema keys {sorted(set(props) ^ set(fields))} differ"
         for name, f in fields.items():
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = getattr(instance, name)  # the instance's: nested configs (HeadConfig.linear) have their own defaults
             default = list(default) if isinstance(default, tuple) else default
             assert props[name]["default"] == default, f"{cls.__name__}.{name}: schema {props[name]['default']!r} vs dataclass {default!r}"
             assert props[name].get("description"), f"{cls.__name__}.{name} has no description in the schema"
@@ -291,12 +304,7 @@ def test_datasets_are_the_registry():
 
 def test_schema_bounds_are_the_dataclass_bounds():
     """At each integer minimum of the schema the dataclass accepts the value and refuses one less."""
-    from poisoncert.frozen import FrozenConfig
-    from poisoncert.semisup import ExtractorConfig
-    from poisoncert.train import TrainConfig
-
-    train, extractor, frozen = _schema_train(load_schema())
-    for cls, props in ((TrainConfig, train), (ExtractorConfig, extractor), (FrozenConfig, frozen)):
+    for cls, _, props in _schema_configs():
         for name, p in props.items():
             if p.get("type") == "integer" and "minimum" in p and name not in ("seed", "feature_block", "n_blocks"):
                 cls(**{name: p["minimum"]})

@@ -41,7 +41,8 @@ TINY = {
             "train": {"arch": "small_cnn", "epochs": 2},
         },
         "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
-        "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "extractor": {"epochs": 1, "width": 8}},
+        "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "head": {"kind": "logistic"},
+                   "extractor": {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}},
         "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
     },
 }

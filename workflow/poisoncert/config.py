@@ -81,6 +81,22 @@ def _message(error) -> str:
     return f"config key {key}: {error.message}{hint}"
 
 
+def _learner_defaults(cfg: dict[str, Any]) -> None:
+    """Fill a learner's own extractor defaults (``registry.Learner.extractor_defaults``, e.g. SimCLR's)
+    where an experiment leaves them out, before the schema's (RotNet's) defaults fill the rest.
+    Leaves anything malformed to the schema check."""
+    exps = cfg.get("experiments")
+    if not isinstance(exps, dict):
+        return
+    for exp in exps.values():
+        if not isinstance(exp, dict) or exp.get("learner") not in registry.LEARNERS:
+            continue
+        defaults = registry.learner(exp["learner"]).extractor_defaults
+        if defaults and isinstance(exp.setdefault("extractor", {}), dict):
+            for key, value in defaults.items():
+                exp["extractor"].setdefault(key, copy.deepcopy(value))
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` (a dict as loaded from YAML), fill defaults, and return it.
 
@@ -89,6 +105,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise PoisonCertError("the config must be a mapping of keys to values (see config.yaml)")
     cfg = copy.deepcopy(config)
+    _learner_defaults(cfg)
     schema = load_schema()
     error = best_match(_Validator(schema).iter_errors(cfg))
     if error is not None:
@@ -151,9 +168,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key experiments.{name}.poison_check: dataset '{exp['dataset']}' is partitioned by its original images' "
                 "pixel sums, which the poison check's crafted poisons cannot aim at; set poison_check: 0"
             )
-        lrec = registry.learner(exp["learner"])
-        if lrec.needs_extractor and scheme not in lrec.schemes:
-            raise PoisonCertError(f"config key experiments.{name}.learner: {lrec.name} is for schemes {' and '.join(lrec.schemes)}, not '{scheme}'")
+        learner = registry.learner(exp["learner"])
+        if learner.needs_extractor:
+            if scheme not in learner.schemes:
+                raise PoisonCertError(f"config key experiments.{name}.learner: {learner.name} is for schemes {' and '.join(learner.schemes)}, not '{scheme}'")
+            arch = exp["extractor"]["arch"]
+            if arch not in learner.extractor_archs:
+                raise PoisonCertError(
+                    f"config key experiments.{name}.extractor.arch: learner {learner.name} trains a {' or '.join(learner.extractor_archs)} extractor, not '{arch}'"
+                )
+            if learner.name != "frozen" and exp["head"]["kind"] == "nin_block" and arch != "nin":
+                raise PoisonCertError(f"config key experiments.{name}.head.kind: nin_block needs the feature maps of extractor.arch nin, not '{arch}'; use linear or logistic")
         if exp["train"].get("hflip") and not registry.dataset(exp["dataset"]).hflip_ok:
             ok = [n for n, d in registry.DATASETS.items() if d.hflip_ok]
             raise PoisonCertError(

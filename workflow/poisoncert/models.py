@@ -39,6 +39,10 @@ __all__ = [
     "training_flops_per_sample",
     "GlobalAvgPool",
     "ResidualBlock",
+    "nin_stage",
+    "nin_stage_out_channels",
+    "nin_init",
+    "resnet18_backbone",
 ]
 
 
@@ -115,21 +119,38 @@ def _nin_block(cin: int, cout: int, ks: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, ks, padding=(ks - 1) // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def _nin(c: int, h: int, w: int, k: int) -> nn.Module:
-    """Network-in-Network as the supervised baseline of Gidaris et al. (2018, RotNet code,
-    ``NetworkInNetwork`` with 3 stages), which DPA / FA / ROE use as base model: 3 blocks of
-    (5x5|3x3, 1x1, 1x1) conv-BN-ReLU with 192/160/96, 192/192/192, 192/192/192 channels,
-    max-pool and avg-pool (3, stride 2, pad 1) between blocks, global average pooling, linear.
-    Conv weights ~ N(0, sqrt(2 / (k*k*out))), BN weight 1 / bias 0, linear bias 0, as there."""
-    model = nn.Sequential(
-        *_nin_block(c, 192, 5), *_nin_block(192, 160, 1), *_nin_block(160, 96, 1),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        *_nin_block(96, 192, 5), *_nin_block(192, 192, 1), *_nin_block(192, 192, 1),
-        nn.AvgPool2d(3, stride=2, padding=1),
-        *_nin_block(192, 192, 3), *_nin_block(192, 192, 1), *_nin_block(192, 192, 1),
-        GlobalAvgPool(),
-        nn.Linear(192, k),
-    )
+def nin_stage(stage: int, cin: int, width: int = 192) -> list[nn.Module]:
+    """Stage ``stage`` (0-based) of Gidaris et al.'s ``NetworkInNetwork``: three conv-BN-ReLU blocks.
+
+    Stage 0: 5x5 to ``width``, 1x1 to ``width*5//6``, 1x1 to ``width//2`` (192/160/96), then
+    max-pool (3, stride 2, pad 1); stage 1: 5x5 + two 1x1 at ``width``, then avg-pool (3, 2, 1);
+    stages >= 2: 3x3 + two 1x1 at ``width``, no pooling (RotNet's 4-stage net has
+    ``use_avg_on_conv3=False``). The one NiN definition of the package: the supervised NiN
+    (:func:`_nin`), SS-DPA's RotNet extractor and its per-partition ``NIN_ConvBlock3`` head (stage 2
+    on the extracted feature maps) are all built from it (:mod:`poisoncert.semisup`).
+
+    >>> [type(m).__name__ for m in nin_stage(0, 1)][-1], nin_stage(0, 1)[6].out_channels
+    ('MaxPool2d', 96)
+    """
+    if stage == 0:
+        mid, out = max(1, width * 5 // 6), max(1, width // 2)
+        return [*_nin_block(cin, width, 5), *_nin_block(width, mid, 1), *_nin_block(mid, out, 1),
+                nn.MaxPool2d(3, stride=2, padding=1)]
+    if stage == 1:
+        return [*_nin_block(cin, width, 5), *_nin_block(width, width, 1), *_nin_block(width, width, 1),
+                nn.AvgPool2d(3, stride=2, padding=1)]
+    return [*_nin_block(cin, width, 3), *_nin_block(width, width, 1), *_nin_block(width, width, 1)]
+
+
+def nin_stage_out_channels(stage: int, width: int = 192) -> int:
+    """Channels a :func:`nin_stage` outputs (stage 0: ``width // 2``, else ``width``)."""
+    return max(1, width // 2) if stage == 0 else width
+
+
+def nin_init(model: nn.Module, linear_std: Callable[[nn.Linear], float] | None = None) -> nn.Module:
+    """Gidaris et al.'s NiN initialisation: conv weights ~ N(0, sqrt(2 / (k*k*out))), BN weight 1 /
+    bias 0, linear bias 0; linear weights keep torch's default unless ``linear_std`` gives their std
+    (``NonLinearClassifier``: sqrt(2 / out_features))."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -138,8 +159,25 @@ def _nin(c: int, h: int, w: int, k: int) -> nn.Module:
             m.weight.data.fill_(1.0)
             m.bias.data.zero_()
         elif isinstance(m, nn.Linear):
-            m.bias.data.zero_()
+            if linear_std is not None:
+                m.weight.data.normal_(0.0, linear_std(m))
+            if m.bias is not None:
+                m.bias.data.zero_()
     return model
+
+
+def _nin(c: int, h: int, w: int, k: int) -> nn.Module:
+    """Network-in-Network as the supervised baseline of Gidaris et al. (2018, RotNet code,
+    ``NetworkInNetwork`` with 3 stages), which DPA / FA / ROE use as base model: 3 blocks of
+    (5x5|3x3, 1x1, 1x1) conv-BN-ReLU with 192/160/96, 192/192/192, 192/192/192 channels,
+    max-pool and avg-pool (3, stride 2, pad 1) between blocks, global average pooling, linear.
+    Conv weights ~ N(0, sqrt(2 / (k*k*out))), BN weight 1 / bias 0, linear bias 0, as there."""
+    model = nn.Sequential(
+        *nin_stage(0, c), *nin_stage(1, nin_stage_out_channels(0)), *nin_stage(2, nin_stage_out_channels(1)),
+        GlobalAvgPool(),
+        nn.Linear(192, k),
+    )
+    return nin_init(model)
 
 
 def _lenet(c: int, h: int, w: int, k: int) -> nn.Module:
@@ -158,17 +196,22 @@ def _lenet(c: int, h: int, w: int, k: int) -> nn.Module:
     )
 
 
-def _resnet18(c: int, h: int, w: int, k: int) -> nn.Module:
-    """CIFAR-style ResNet-18 (3x3 stem, no stem pooling, [2,2,2,2] basic blocks of
-    64/128/256/512 channels, global average pooling, linear)."""
+def resnet18_backbone(c: int) -> list[nn.Module]:
+    """CIFAR-style ResNet-18 up to its 512 pooled features: 3x3 stem (64, no stem pooling),
+    [2,2,2,2] basic blocks of 64/128/256/512 channels, global average pooling. The supervised
+    ``resnet18`` adds a linear layer; the SimCLR extractor (:mod:`poisoncert.semisup`) a projection."""
     layers: list[nn.Module] = [nn.Conv2d(c, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
     in_planes = 64
     for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         for s in (stride, 1):
             layers.append(ResidualBlock(in_planes, planes, s))
             in_planes = planes
-    layers += [GlobalAvgPool(), nn.Linear(512, k)]
-    return nn.Sequential(*layers)
+    return layers + [GlobalAvgPool()]
+
+
+def _resnet18(c: int, h: int, w: int, k: int) -> nn.Module:
+    """CIFAR-style ResNet-18 (:func:`resnet18_backbone`, then linear)."""
+    return nn.Sequential(*resnet18_backbone(c), nn.Linear(512, k))
 
 
 ARCHITECTURES: dict[str, Callable[[int, int, int, int], nn.Module]] = {

@@ -29,10 +29,8 @@ Traceback (most recent call last):
 poisoncert.errors.PoisonCertError: certificate 'dpa' is not sound for a 'fa' ensemble (one poison reaches the d base models spread from one split bucket); allowed: fa, fa_roe
 >>> SCHEMES["fa"].n_models(k=50, d=16)
 800
->>> threat_unit("dpa", "rotnet")
-'label flips'
->>> threat_unit("dpa", "frozen")
-'label flips'
+>>> threat_unit("dpa", "rotnet"), threat_unit("ssdpa", "simclr"), threat_unit("dpa", "frozen")
+('label flips', 'label flips', 'label flips')
 """
 
 from __future__ import annotations
@@ -57,6 +55,7 @@ __all__ = [
     "CERTIFICATES",
     "PARAMETER_DEFAULTS",
     "LEARNERS",
+    "SIMCLR_DEFAULTS",
     "DATASETS",
     "scheme",
     "certificate",
@@ -346,22 +345,45 @@ SCHEMES: dict[str, Scheme] = {
 class Learner:
     """A base learner. ``sees_unlabeled_train``: it is fitted on every training image without labels
     (SS-DPA's extractor), so an inserted image reaches every base model: label flips only.
-    ``needs_extractor``: its train jobs read the experiment's shared label-free extractor
-    (``results/{exp}/extractor.pt``, rule ``extractor``; ``poisoncert train --extractor``).
-    ``config_key``: the experiment's config block of the learner's own settings (schema and
-    dataclass), if any."""
+    ``extractor_archs``: the label-free extractor networks (``experiments.<name>.extractor.arch``)
+    of a learner that trains one extractor per experiment (rule ``extractor``, whose file every
+    train job reads, ``--extractor``), the first being its default; ``needs_extractor`` says
+    whether it has any. ``extractor_defaults``: the learner's own extractor settings, filled in by
+    :func:`poisoncert.config.validate_config` where a config leaves them out (the schema's defaults
+    are RotNet's). ``config_key``: the experiment's config block of the learner's own per-partition
+    settings (schema and dataclass), if any; the SS-DPA learners' heads are ``head``.
+
+    >>> LEARNERS["simclr"].needs_extractor, LEARNERS["supervised"].needs_extractor
+    (True, False)
+    """
 
     name: str
     paper: str
     schemes: tuple[str, ...]
     sees_unlabeled_train: bool = False
-    needs_extractor: bool = False
+    extractor_archs: tuple[str, ...] = ()
+    extractor_defaults: Mapping[str, Any] = field(default_factory=dict)
     config_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.needs_extractor and not self.sees_unlabeled_train:
             # the extractor is trained on the poisonable training images: an insertion reaches every model
             raise PoisonCertError(f"learner {self.name!r}: an extractor trained on the training images sees them unlabeled")
+
+    @property
+    def needs_extractor(self) -> bool:
+        """Whether the learner trains a shared label-free extractor (rules: ``--extractor``)."""
+        return bool(self.extractor_archs)
+
+
+#: Learner ``simclr``'s extractor defaults (DPA code, ``SupContrast/train_embedding_cifar.sh`` and
+#: ``main_supcon.py``: ResNet-18, batch 512, lr 0.5, cosine schedule with warm-up since the batch
+#: exceeds 256, weight decay 1e-4, 1000 epochs, plain momentum 0.9; no pad-and-crop: its views are
+#: random resized crops). The other keys keep the schema's defaults (temperature 0.5 among them).
+SIMCLR_DEFAULTS: dict[str, Any] = {
+    "arch": "resnet18", "epochs": 1000, "batch_size": 512, "lr": 0.5, "weight_decay": 1e-4, "nesterov": False,
+    "lr_schedule": "cosine", "warmup_epochs": 10, "crop_pad": 0,
+}
 
 
 LEARNERS: dict[str, Learner] = {
@@ -370,12 +392,14 @@ LEARNERS: dict[str, Learner] = {
         Learner("supervised", "the papers' networks, trained on the base model's own labelled set",
                 ("dpa", "ssdpa", "fa", "dpa_star", "bagging", "bagging_wor", "binomial")),
         Learner("rotnet", "000, Section 2.3.1: label-free RotNet extractor on all unlabeled images + a head per partition",
-                ("ssdpa", "dpa"), sees_unlabeled_train=True, needs_extractor=True),
+                ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("nin", "light")),
+        Learner("simclr", "000 (the DPA code's SS-DPA on CIFAR-10 / GTSRB): label-free SimCLR ResNet-18 on all unlabeled images + a head per partition",
+                ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("resnet18",), extractor_defaults=SIMCLR_DEFAULTS),
         Learner("binary_kmeans", "000, Appendix B: 2-means on all unlabeled images + one labelled sample per base classifier",
                 ("binary_kmeans",), sees_unlabeled_train=True),
         Learner("frozen", "beyond the papers (issue 16, Lethal Dose Conjecture): the frozen RotNet features of 000, Section 2.3.1 "
                 "+ a nearest-centroid or k-NN rule per partition (poisoncert.frozen)",
-                ("ssdpa", "dpa"), sees_unlabeled_train=True, needs_extractor=True, config_key="frozen"),
+                ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("nin", "light", "resnet18"), config_key="frozen"),
     )
 }
 

@@ -1,4 +1,4 @@
-"""``poisoncert extractor`` (rule ``extractor``): SS-DPA's label-free feature extractor."""
+"""``poisoncert extractor`` (rule ``extractor``): SS-DPA's label-free feature extractor (RotNet or SimCLR)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..data import atomic_file, read_dataset
 from ..errors import PoisonCertError
 from ._common import json_object
 
-HELP = "train the SS-DPA label-free feature extractor"
+HELP = "train the SS-DPA label-free feature extractor (RotNet: arch nin / light; SimCLR: arch resnet18)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str = "auto") -> None:
-    """Train the SS-DPA feature extractor once on all unlabeled training images (no labels read)."""
+    """Train the SS-DPA feature extractor once on all unlabeled training images (no labels read).
+
+    ``config``: :class:`poisoncert.semisup.ExtractorConfig` fields; its ``arch`` says which learner
+    (nin, light: rotnet; resnet18: simclr), so the rule passes the experiment's ``extractor`` only."""
     import torch
 
     from ..semisup import ExtractorConfig, train_extractor
@@ -34,7 +37,8 @@ def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str =
     state["dataset_hash"] = ds.meta()["content_hash"]
     with atomic_file(out) as tmp:
         torch.save(state, tmp)
-    print(f"extractor trained on {state['n_images']} unique unlabeled images: {state['n_features']} features")
+    print(f"{cfg.learner} extractor ({cfg.arch}) trained on {state['n_images']} unique unlabeled images: "
+          f"features {'x'.join(map(str, state['feature_shape']))}, last epoch's loss {state['history'][-1] if state['history'] else float('nan'):.4f}")
 
 
 def read_extractor(path: str) -> dict[str, Any]:

@@ -28,9 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--extractor", default=None, help="SS-DPA: feature extractor file (heads are trained on its features)")
-    p.add_argument("--learner", default=None, choices=[n for n, lr in registry.LEARNERS.items() if lr.needs_extractor],
-                   help="with --extractor: the learner on its features (default rotnet: SS-DPA heads; frozen: nearest centroid / k-NN)")
+    p.add_argument("--learner", default=None, choices=[n for n, lr in registry.LEARNERS.items() if lr.config_key],
+                   help="with --extractor: a learner other than the extractor's own heads (frozen: nearest centroid / k-NN on its features)")
     p.add_argument("--learner-config", type=json_object, default={}, help="JSON of the learner's own settings (frozen: FrozenConfig fields)")
+    p.add_argument("--head-config", type=json_object, default={},
+                   help="SS-DPA: JSON of HeadConfig fields (kind, nin_block, linear, logistic); {} = kind auto, the extractor's own head")
     p.add_argument("--phase2", default=None, help="2-phase ensembles (Chen et al. Alg. 3): the shared phi_2 file")
 
 
@@ -46,13 +48,14 @@ def shard_range(shard: int, shard_size: int, n_models: int) -> range:
 
 def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_size: int, train_fields: dict[str, Any], device: str = "auto",
           threads: int = 1, progress: bool = True, extractor_file: str | None = None, phase2_file: str | None = None,
-          learner: str | None = None, learner_fields: dict[str, Any] | None = None) -> None:
+          head_fields: dict[str, Any] | None = None, learner: str | None = None, learner_fields: dict[str, Any] | None = None) -> None:
     """Train the base models of one shard and write their test-set logits.
 
-    With ``extractor_file`` each base model is fitted on the shared label-free features of its
-    own partition's samples and labels only: a head (``learner`` rotnet, SS-DPA, the default) or
-    the nearest-centroid / k-NN rule of ``learner`` frozen (:mod:`poisoncert.frozen`, settings
-    ``learner_fields``). For a ``two_phase``
+    With ``extractor_file`` each base model is fitted on the shared label-free extractor's
+    features of its own partition's samples and labels only: a head (SS-DPA, learners rotnet and
+    simclr; ``head_fields``: :class:`poisoncert.semisup.HeadConfig`) or, with ``learner`` frozen,
+    the nearest-centroid / k-NN rule of :mod:`poisoncert.frozen` (settings ``learner_fields``).
+    For a ``two_phase``
     partitions file (Chen et al. Algorithm 3) each phi_1^i is trained on its set with the clean
     classes merged into one virtual class, and the logits written are the one-hot votes of
     phi_2(phi_1^i(x)) with the shared phi_2 of ``phase2_file``.
@@ -82,31 +85,36 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     cfg = train_config(train_fields, threads)
     dev = resolve_device(device)
     extra: dict[str, np.ndarray] = {}
-    learner_meta: dict[str, Any] = {}
+    extra_meta: dict[str, Any] = {}
     if learner is not None and extractor_file is None:
         raise PoisonCertError(f"learner {learner} works on the features of a label-free extractor; pass --extractor")
     if extractor_file is not None:
-        from ..semisup import HeadConfig, extract_features, train_heads
+        from ..semisup import HeadConfig, extractor_config, train_base_heads
         from .extractor import read_extractor
 
-        learner = learner or "rotnet"
         state = read_extractor(extractor_file)
         if state.get("dataset_hash") != pmeta["dataset_hash"]:
             raise PoisonCertError(f"{extractor_file} was trained on other data; delete it and rerun")
-        feats = extract_features(state, np.concatenate([ds.train_images, ds.test_images]))
-        n_train = len(ds.train_labels)
+        ext = extractor_config(state)
         members = [parts.members(m) for m in models]
         if learner == "frozen":
             from ..frozen import FrozenConfig, fit_predict
+            from ..semisup import extract_features
 
             try:
                 fcfg = FrozenConfig(**(learner_fields or {}))
             except TypeError as exc:
                 raise PoisonCertError(f"bad frozen-learner configuration: {exc}") from None
+            feats = extract_features(state, np.concatenate([ds.train_images, ds.test_images]), device=dev.type)
+            n_train = len(ds.train_labels)
             logits = fit_predict(feats[:n_train], ds.train_labels, members, seeds, feats[n_train:], ds.n_classes, fcfg)
-            learner_meta = {"frozen": dataclasses.asdict(fcfg)}
+            extra_meta = {"frozen": dataclasses.asdict(fcfg)}
         else:
-            logits = train_heads(feats[:n_train], ds.train_labels, members, seeds, feats[n_train:], ds.n_classes, HeadConfig())
+            head = HeadConfig.from_dict(head_fields or {})
+            learner = ext.learner
+            logits = train_base_heads(state, ds.train_images, ds.train_labels, members, seeds, ds.test_images,
+                                      ds.n_classes, head, device=dev.type)
+            extra_meta = {"head_kind": head.resolved(ext.arch), "head": dataclasses.asdict(head)}
     else:
         train_sets = [(ds.train_images[parts.members(m)], labels[parts.members(m)]) for m in models]
         logits = train_shard(train_sets, seeds, ds.test_images, n_classes, cfg, device=dev.type, progress=progress)
@@ -135,11 +143,11 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         "runtime": runtime_fingerprint(cfg, dev.type),
         "learner": learner if extractor_file else ("two_phase" if two_phase else "supervised"),
         "dataset_hash": pmeta["dataset_hash"],
-        **learner_meta,
+        **extra_meta,
     }
     atomic_savez(out, logits=logits, meta=np.array(json.dumps(meta)), **extra)
 
 
 def main(args: argparse.Namespace) -> None:
     train(args.dataset_file, args.partitions, args.out, args.shard, args.shard_size, args.train_config, args.device, args.threads,
-          not args.no_progress, args.extractor, args.phase2, args.learner, args.learner_config)
+          not args.no_progress, args.extractor, args.phase2, args.head_config, args.learner, args.learner_config)
