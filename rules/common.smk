@@ -190,7 +190,7 @@ def dataset_summaries(wildcards):
 
 
 def experiment_train_benchmarks(wildcards):
-    """The train jobs' benchmark files of experiment {exp} (rule report: DPA Table 1's training time)."""
+    """The train jobs' benchmark files of experiment {exp} (rule report, for DPA Table 1's training time)."""
     return train_benchmarks(wildcards.exp)
 
 
