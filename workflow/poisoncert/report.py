@@ -372,12 +372,13 @@ def plot_running_time(summaries: list[dict[str, Any]], timings: dict[str, dict[s
     for j, stage in enumerate(stages):
         g = df[df["stage"] == stage].set_index("ensemble")
         x = [i + (j - (len(stages) - 1) / 2) * width for i, e in enumerate(ensembles) if e in g.index]
-        y = [60 * g.loc[e, "minutes"] for e in ensembles if e in g.index]
+        y = [max(60 * g.loc[e, "minutes"], 0.01) for e in ensembles if e in g.index]  # benchmark resolution: 0.01 s
         dev = g["device"].iloc[0] if stage == "train" else "cpu"
         bars = ax.bar(x, y, width, label=f"{stage} ({dev})")
         ax.bar_label(bars, labels=[_duration(v) for v in y], fontsize="small")
     ax.set_xticks(range(len(ensembles)), ensembles, fontsize="small")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=max(60 * df["minutes"].min(), 0.01) / 3)
     ax.set_ylabel("running time (s, sum of the jobs' wall-clock)")
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
