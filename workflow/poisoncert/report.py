@@ -376,7 +376,7 @@ def plot_running_time(summaries: list[dict[str, Any]], timings: dict[str, dict[s
         dev = g["device"].iloc[0] if stage == "train" else "cpu"
         bars = ax.bar(x, y, width, label=f"{stage} ({dev})")
         ax.bar_label(bars, labels=[_duration(v) for v in y], fontsize="small")
-    ax.set_xticks(range(len(ensembles)), ensembles, fontsize="small")
+    ax.set_xticks(range(len(ensembles)), [e.replace(" ", "\n", 1) for e in ensembles], fontsize="small")
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(60 * df["minutes"].min(), 0.01) / 3)
     ax.set_ylabel("running time (s, sum of the jobs' wall-clock)")
@@ -394,7 +394,7 @@ def _ensemble_label(s: dict[str, Any], key: str) -> str:
         what = f"n_s={s.get('k')}, T={s['n_models']}"
     else:
         what = f"k={s.get('k')}" + (f", d={s.get('d')}" if scheme is not None and scheme.uses_d else "")
-    return f"{key.split('/')[0]}\n{what}"
+    return f"{key.split('/')[0]} {what}"
 
 
 def _duration(seconds: float) -> str:
