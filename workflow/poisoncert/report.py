@@ -561,8 +561,10 @@ def plot_roe_methods(summaries: list[dict[str, Any]], k: int, title: str, png: s
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("improvement over DPA (percentage points)")
     bottom.set_xlabel(f"attack size ({units.pop()})")
+    # up to the first attack size at which no method certifies anything (the curves' zero tails)
+    last = max(int(np.flatnonzero(np.asarray(s["curve"]["certified_accuracy"]) > 0).max(initial=0)) for _, s, _ in curves)
     for ax in (top, bottom):
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, last + 1.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     _save(fig, png, pdf)
