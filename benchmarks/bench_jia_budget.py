@@ -22,7 +22,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 from poisoncert.certify import vote_counts, votes
 from poisoncert.certify.bagging import bagging

@@ -208,6 +208,47 @@ def dataset_summaries(wildcards):
     ]
 
 
+def experiment_train_benchmarks(wildcards):
+    """The train jobs' benchmark files of experiment {exp} (rule report, for DPA Table 1's training time)."""
+    return train_benchmarks(wildcards.exp)
+
+
+def dataset_train_benchmarks(wildcards):
+    """The train jobs' benchmark files of the experiments on dataset {dataset} (rule compare)."""
+    return [
+        f for name in experiments_on(wildcards.dataset) for f in train_benchmarks(name)
+    ]
+
+
+def experiment_benchmarks(wildcards):
+    """The train and certify jobs' benchmark files of experiment {exp} (rule running_time)."""
+    return train_benchmarks(wildcards.exp) + certify_benchmarks(wildcards.exp)
+
+
+def fa_gain_summaries(wildcards):
+    """The FA certificate summaries with d > 1 of experiment {exp} (rule fa_gain, FA Fig. 4)."""
+    exp = experiment(wildcards)
+    return [
+        f"{ensemble_dir(wildcards.exp, k, d)}/certificates/fa.json"
+        for k in exp["k"]
+        for d in exp["d"]
+        if d != 1
+    ]
+
+
+def roe_methods_summaries(wildcards):
+    """The summaries at k = {k} of the dpa, fa and dpa_star experiments on {dataset} (rule roe_methods)."""
+    k = int(wildcards.k)
+    return [
+        f"{ensemble_dir(name, k, d)}/certificates/{cert}.json"
+        for name in experiments_on(wildcards.dataset)
+        if config["experiments"][name]["scheme"] in ROE_FIGURE_SCHEMES
+        and k in config["experiments"][name]["k"]
+        for d in config["experiments"][name]["d"]
+        for cert in config["experiments"][name]["certificates"]
+    ]
+
+
 def all_summaries(wildcards):
     """Every certificate summary of the config (rule paper_table)."""
     return [f for name in config["experiments"] for f in certificate_summaries(name)]
@@ -252,6 +293,31 @@ def certificate_summaries(exp_name):
     ]
 
 
+def train_benchmarks(exp_name):
+    """Benchmark files of every train job of an experiment (none for a scheme that does not train)."""
+    from poisoncert.partition import n_models
+
+    exp = config["experiments"][exp_name]
+    if not registry.scheme(exp["scheme"]).trains:
+        return []
+    return [
+        f"results/benchmarks/train/{exp_name}/k{k}_d{d}/shard{s}.tsv"
+        for k in exp["k"]
+        for d in exp["d"]
+        for s in range(n_shards(n_models(exp["scheme"], k, d, exp["n_models"])))
+    ]
+
+
+def certify_benchmarks(exp_name):
+    exp = config["experiments"][exp_name]
+    return [
+        f"results/benchmarks/certify/{exp_name}/k{k}_d{d}/{cert}.tsv"
+        for k in exp["k"]
+        for d in exp["d"]
+        for cert in exp["certificates"]
+    ]
+
+
 def selection_args(exp):
     """CLI flags of the random-selection schemes (empty for the deterministic ones)."""
     if not registry.scheme(exp["scheme"]).selection:
@@ -285,6 +351,39 @@ def has_improvement(exp):
     return "fa" in certs and 1 in exp["d"] and (len(exp["d"]) > 1 or "fa_roe" in certs)
 
 
+#: The schemes of ROE Figs. 2-3's six methods (see poisoncert.report.roe_method_curves).
+ROE_FIGURE_SCHEMES = {
+    "dpa": {"dpa", "dpa_roe"},
+    "fa": {"fa", "fa_roe"},
+    "dpa_star": {"dpa", "dpa_star_roe"},
+}
+
+
+def roe_figure_ks(dataset):
+    """The k at which the dataset has all six methods of ROE Figs. 2-3, one experiment each: a dpa
+    ensemble (dpa, dpa_roe), an fa one with d = 1 (the FA methods' DPA baseline) and a d > 1 (fa,
+    fa_roe), a dpa_star one (dpa, dpa_star_roe), all with the supervised learner."""
+    found = {}
+    for name in experiments_on(dataset):
+        exp = config["experiments"][name]
+        need = ROE_FIGURE_SCHEMES.get(exp["scheme"])
+        if (
+            need is None
+            or exp["learner"] != "supervised"
+            or not need <= set(exp["certificates"])
+        ):
+            continue
+        if exp["scheme"] == "fa" and not (1 in exp["d"] and max(exp["d"]) > 1):
+            continue
+        for k in exp["k"]:
+            found.setdefault(k, []).append(exp["scheme"])
+    return sorted(
+        k
+        for k, schemes in found.items()
+        if sorted(schemes) == sorted(ROE_FIGURE_SCHEMES)
+    )
+
+
 def all_targets():
     figures = (
         "table.csv",
@@ -313,6 +412,24 @@ def all_targets():
         if has_improvement(exp)
         for ext in ("png", "pdf")
     ]
+    for name, exp in config["experiments"].items():
+        if exp["scheme"] == "fa" and "fa" in exp["certificates"] and max(exp["d"]) > 1:
+            out += [
+                f"results/{name}/report/fa_theorem2_vs_dpa.{ext}"
+                for ext in ("png", "pdf")
+            ]
+        if exp["scheme"] == "binomial":
+            out += [
+                f"results/{name}/report/selection_sizes_k{k}_d{d}.{ext}"
+                for k in exp["k"]
+                for d in exp["d"]
+                for ext in ("png", "pdf", "csv")
+            ]
+        if "bagging" in exp["certificates"]:
+            out += [
+                f"results/{name}/report/running_time.{ext}"
+                for ext in ("png", "pdf", "csv")
+            ]
     out += [
         "results/figures/chen_fig2_delta.png",
         "results/figures/chen_fig2_delta.pdf",
@@ -321,4 +438,9 @@ def all_targets():
     for ds in datasets:
         if len(experiments_on(ds)) > 1:
             out += [f"results/compare/{ds}/{f}" for f in figures]
+        out += [
+            f"results/compare/{ds}/roe_methods_k{k}.{ext}"
+            for k in roe_figure_ks(ds)
+            for ext in ("png", "pdf")
+        ]
     return out

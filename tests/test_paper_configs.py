@@ -121,7 +121,17 @@ def test_configs_are_plain_yaml_mappings():
         assert isinstance(raw, dict) and set(raw) >= {"device", "radii", "experiments"}, path.name
 
 
-@pytest.mark.parametrize("name", ["roe_table3_gtsrb.yaml", "fa_table1_cifar10.yaml", "fashion_mnist.yaml"])
+#: The papers' figures each config's DAG must draw (rule name), beyond the tables and per-experiment figures.
+FIGURE_RULES = {
+    "fa_table1_cifar10.yaml": ("fa_gain",),  # FA Fig. 4
+    "roe_figures_cifar10.yaml": ("roe_methods", "fa_gain", "improvement"),  # ROE Figs. 2-3
+    "chen_fig4_mnist17.yaml": ("selection_sizes",),  # Chen et al. Fig. 5
+    "jia_fig3.yaml": ("running_time",),  # Jia et al. Fig. 3(c)
+}
+
+
+@pytest.mark.parametrize("name", ["roe_table3_gtsrb.yaml", "fa_table1_cifar10.yaml", "fashion_mnist.yaml", "roe_figures_cifar10.yaml",
+                                  "chen_fig4_mnist17.yaml", "jia_fig3.yaml"])
 def test_snakemake_dry_run_of_paper_config(tmp_path: Path, name: str, snakemake):
     proc = snakemake(tmp_path, "-n", "--configfile", CONFIG / name, "--cores", "1", timeout=180)
     out = proc.stdout + proc.stderr
@@ -129,8 +139,10 @@ def test_snakemake_dry_run_of_paper_config(tmp_path: Path, name: str, snakemake)
     cfg = load_config_file(CONFIG / name)
     for exp in cfg["experiments"]:
         assert f"results/{exp}/" in out, f"dry run of {name} plans no job for {exp}"
-    for rule in ("prepare", "partition", "train", "aggregate", "certify", "report"):
+    for rule in ("prepare", "partition", "train", "aggregate", "certify", "report") + FIGURE_RULES.get(name, ()):
         assert rule in out, f"dry run of {name} has no {rule} job"
+    if name == "roe_figures_cifar10.yaml":  # one figure per k of ROE Figs. 2 (k = 250) and 3 (k = 50)
+        assert "results/compare/cifar10/roe_methods_k250.png" in out and "results/compare/cifar10/roe_methods_k50.png" in out
 
 
 @pytest.mark.parametrize("path", DIGITS_CONFIGS + REAL_CONFIGS + [REPO / "config.yaml"], ids=ids)

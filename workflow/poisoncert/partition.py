@@ -213,15 +213,19 @@ def make_selections(
     if n_p == 0:
         raise PoisonCertError("every training sample is in the known-clean part; nothing is left to select from")
     groups = []
+    drawn = []  # |S_i|: samples drawn from D^p (before D^c is added and before BALANCE), Chen Fig. 5
     for m in range(n_models):
         rng = np.random.default_rng([seed_base, m, _SELECTION_TAG])
-        idx = np.concatenate([d_p[_select(rng, scheme, n_p, subsample_size)], d_c])
+        picked = _select(rng, scheme, n_p, subsample_size)
+        drawn.append(int(len(picked)))
+        idx = np.concatenate([d_p[picked], d_c])
         if balance:
             idx = _balance(rng, idx, bal_labels, balance_size or (subsample_size + len(d_c)))
         groups.append(idx[np.argsort(rank[idx], kind="stable")])
     indices, bounds = _csr(groups)
     seeds = seed_base + np.arange(n_models, dtype=np.int64)
-    extra = {"n_poisonable": int(n_p), "n_clean": int(len(d_c)), "clean_classes": list(clean_classes or []), "balance": bool(balance)}
+    extra = {"n_poisonable": int(n_p), "n_clean": int(len(d_c)), "clean_classes": list(clean_classes or []), "balance": bool(balance),
+             "selection_sizes": drawn}
     return Partitions(scheme, int(subsample_size), 1, indices, bounds, seeds, [], extra)
 
 

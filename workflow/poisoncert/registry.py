@@ -140,14 +140,19 @@ def _cert_fa_roe(scores: np.ndarray, meta: Mapping[str, Any]) -> certify.Certifi
 
 
 def _fa_statistics(scores: np.ndarray, labels: np.ndarray, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """FA Table 2 (Pr[r up], delta r over the DPA-style bound on the same kd models) and Table 3
-    (distributional certified accuracy under one poison, FA Theorem 4 / App. D)."""
+    """FA Table 2 (Pr[r up], delta r over the DPA-style bound on the same kd models), the
+    DPA-style bound's certified-accuracy curve (FA Figure 4: Theorem 2 minus it, same models) and
+    Table 3 (distributional certified accuracy under one poison, FA Theorem 4 / App. D)."""
     k, d, offsets = _fa_layout(meta)
     stats = certify.fa_improvement_stats(scores, k, d, offsets, labels)
     dist = certify.fa_certified_accuracy(scores, labels, k, d, offsets, attack_size=1)
+    naive = np.asarray(stats["radius_dpa_style"])  # -1 where misclassified
+    radius = np.arange(int(naive.max(initial=0)) + 2)
+    curve = certify.certified_accuracy(labels, naive, labels, radius)  # naive is already -1 where wrong
     return {
         "pr_radius_up": stats["pr_up"],
         "mean_radius_increase": stats["delta_r"],
+        "curve_dpa_style": {"radius": radius.tolist(), "certified_accuracy": curve.tolist()},
         "certified_accuracy_distributional": {"1": dist.accuracy},
     }
 

@@ -26,6 +26,10 @@ VERBS: dict[str, str] = {
     "report": "report",
     "improvement": "improvement",
     "delta-figure": "delta_figure",
+    "fa-gain": "fa_gain",
+    "selection-sizes": "selection_sizes",
+    "running-time": "running_time",
+    "roe-methods": "roe_methods",
     "paper-table": "paper_table",
     "check-config": "check_config",
 }
