@@ -119,20 +119,9 @@ def fit_predict(
     checked for length only (the rules are deterministic). An empty partition gets zero logits
     (a vote for class 0) and a warning, as in the other learners.
     """
-    ftr = np.asarray(train_features, dtype=np.float64)
-    ytr = np.asarray(train_labels)
-    fte = np.ascontiguousarray(np.asarray(test_features, dtype=np.float64))
-    if ftr.ndim != 2 or fte.ndim != 2 or ftr.shape[1] != fte.shape[1]:
-        raise PoisonCertError(f"features must be (N, F) and (n_test, F), got {ftr.shape} and {fte.shape}")
-    if ytr.shape != (len(ftr),):
-        raise PoisonCertError(f"train_labels must be ({len(ftr)},), got {ytr.shape}")
-    if len(members) != len(seeds):
-        raise PoisonCertError(f"{len(members)} partitions but {len(seeds)} seeds")
-    ytr = ytr.astype(np.int64)
-    if len(ytr) and (ytr.min() < 0 or ytr.max() >= n_classes):
-        raise PoisonCertError(f"train_labels must lie in [0, {n_classes})")
-    if not (np.isfinite(ftr).all() and np.isfinite(fte).all()):
-        raise PoisonCertError("features contain NaN/inf")
+    from .semisup import check_feature_sets
+
+    ftr, ytr, fte = check_feature_sets(train_features, train_labels, members, seeds, test_features, n_classes, np.float64)
     out = np.zeros((len(members), len(fte), n_classes), np.float32)
     empty = []
     for b, idx in enumerate(members):

@@ -205,15 +205,16 @@ def plot_improvement(summaries: list[dict[str, Any]], title: str, png: str, pdf:
         raise PoisonCertError("no (method, DPA baseline) pair in these summaries: add the dpa certificate, or fa with d = 1")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     for s, base in sorted(pairs, key=lambda p: (p[0]["certificate"], p[0].get("k", 0), p[0].get("d", 0))):
-        n = max(len(s["curve"]["certified_accuracy"]), len(base["curve"]["certified_accuracy"]))
-        a = np.zeros(n)
-        b = np.zeros(n)
-        a[: len(s["curve"]["certified_accuracy"])] = s["curve"]["certified_accuracy"]
-        b[: len(base["curve"]["certified_accuracy"])] = base["curve"]["certified_accuracy"]
-        ax.step(np.arange(n), 100 * (a - b), where="post", label=f"{_label(s)} vs {_label(base)}")
+        a, b = _padded(s["curve"]["certified_accuracy"], base["curve"]["certified_accuracy"])
+        ax.step(np.arange(len(a)), 100 * (a - b), where="post", label=f"{_label(s)} vs {_label(base)}")
+    _finish_difference(fig, ax, pairs[0][0]["unit"], "certified accuracy - DPA (percentage points)", title, png, pdf)
+
+
+def _finish_difference(fig, ax, unit: str, ylabel: str, title: str, png: str, pdf: str) -> None:
+    """Axes of a certified-accuracy difference plot (a zero line, attack size in ``unit``), saved."""
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"attack size ({pairs[0][0]['unit']})")
-    ax.set_ylabel("certified accuracy - DPA (percentage points)")
+    ax.set_xlabel(f"attack size ({unit})")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.set_title(title)
@@ -434,14 +435,7 @@ def plot_fa_certificate_gain(summaries: list[dict[str, Any]], title: str, png: s
     for s in sorted(fa, key=lambda s: (s.get("k", 0), s.get("d", 0))):
         a, b = _padded(s["curve"]["certified_accuracy"], s["extra"]["curve_dpa_style"]["certified_accuracy"])
         ax.step(np.arange(len(a)), 100 * (a - b), where="post", label=f"k={s.get('k')}, d={s.get('d')}")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"attack size ({fa[0]['unit']})")
-    ax.set_ylabel("Theorem 2 - DPA-style bound (percentage points)")
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    _save(fig, png, pdf)
+    _finish_difference(fig, ax, fa[0]["unit"], "Theorem 2 - DPA-style bound (percentage points)", title, png, pdf)
 
 
 def _padded(a, b) -> tuple[np.ndarray, np.ndarray]:

@@ -767,6 +767,40 @@ def _train_one_head(f: np.ndarray, y: np.ndarray, seed: int, test: np.ndarray, n
     return forward(test.astype(np.float64), params)[0].astype(np.float32)
 
 
+def check_feature_sets(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    members: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    test_features: np.ndarray,
+    n_classes: int,
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checks of every per-partition learner on shared features (the SS-DPA heads,
+    :mod:`poisoncert.frozen`): (N, F) / (n_test, F) finite features, one label in [0, n_classes)
+    per training row, one seed per partition. Returns the features as ``dtype`` (test rows
+    contiguous) and the labels as int64; raises :class:`PoisonCertError` with one line.
+
+    >>> f, y, t = check_feature_sets(np.zeros((2, 3)), np.array([0, 1]), [np.array([0, 1])], [0], np.zeros((1, 3)), 2)
+    >>> f.dtype, y.dtype, t.shape
+    (dtype('float32'), dtype('int64'), (1, 3))
+    """
+    ftr = np.asarray(train_features, dtype=dtype)
+    ytr = np.asarray(train_labels)
+    fte = np.ascontiguousarray(np.asarray(test_features, dtype=dtype))
+    if ftr.ndim != 2 or fte.ndim != 2 or ftr.shape[1] != fte.shape[1]:
+        raise PoisonCertError(f"features must be (N, F) and (n_test, F), got {ftr.shape} and {fte.shape}")
+    if ytr.shape != (len(ftr),):
+        raise PoisonCertError(f"train_labels must be ({len(ftr)},), got {ytr.shape}")
+    if len(members) != len(seeds):
+        raise PoisonCertError(f"{len(members)} partitions but {len(seeds)} seeds")
+    if len(ytr) and (ytr.min() < 0 or ytr.max() >= n_classes):
+        raise PoisonCertError(f"train_labels must lie in [0, {n_classes})")
+    if not (np.isfinite(ftr).all() and np.isfinite(fte).all()):
+        raise PoisonCertError("features contain NaN/inf")
+    return ftr, ytr.astype(np.int64), fte
+
+
 def train_heads(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -783,19 +817,7 @@ def train_heads(
     time (numpy, CPU), each on its rows sorted by content, so its logits are bit-identical whatever
     the other partitions hold. An empty partition gets zero logits (a vote for class 0) and a warning.
     """
-    ftr = np.asarray(train_features, dtype=np.float32)
-    ytr = np.asarray(train_labels)
-    fte = np.ascontiguousarray(np.asarray(test_features, dtype=np.float32))
-    if ftr.ndim != 2 or fte.ndim != 2 or ftr.shape[1] != fte.shape[1]:
-        raise PoisonCertError(f"features must be (N, F) and (n_test, F), got {ftr.shape} and {fte.shape}")
-    if ytr.shape != (len(ftr),):
-        raise PoisonCertError(f"train_labels must be ({len(ftr)},), got {ytr.shape}")
-    if len(members) != len(seeds):
-        raise PoisonCertError(f"{len(members)} partitions but {len(seeds)} seeds")
-    if len(ytr) and (ytr.min() < 0 or ytr.max() >= n_classes):
-        raise PoisonCertError(f"train_labels must lie in [0, {n_classes})")
-    if not (np.isfinite(ftr).all() and np.isfinite(fte).all()):
-        raise PoisonCertError("features contain NaN/inf")
+    ftr, ytr, fte = check_feature_sets(train_features, train_labels, members, seeds, test_features, n_classes, np.float32)
     out = np.zeros((len(members), len(fte), n_classes), np.float32)
     empty = []
     for b, (idx, seed) in enumerate(zip(members, seeds)):
