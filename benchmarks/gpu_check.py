@@ -14,6 +14,9 @@ Everything measured goes to ``$OUT`` (when set, e.g. on the lent device machine)
 2. throughput of the vectorised engine with NiN at 28x28x1 and 32x32x3, shards of 50 to 1,200
    models of 50 images (1 epoch each): training images per second, achieved TFLOP/s against the
    GPU's fp32 peak, peak GPU memory; the shard size where images/s stops growing;
+   the same for the SS-DPA learners: the paper's NiN RotNet extractor and its NiN-block heads, and
+   the SimCLR ResNet-18 extractor (tiny sizes: repeat bit-identical, one label flip changes one
+   head only; ``ssdpa_checks.json``);
 3. a DPA k=1200 NiN ensemble on Fashion-MNIST (60,000 / 10,000, real files when present) for
    ``--epochs`` epochs, extrapolated to the papers' 200 epochs, beside the DPA paper's 0.28
    GPU-minutes per partition (336 GPU-minutes for k=1200).
@@ -96,6 +99,37 @@ def check_determinism(device: str, toy: bool) -> dict:
         "cuda_without_gpu_one_line": proc.returncode == 2 and len(err) == 1 and err[0].startswith("poisoncert: error:"),
         "cuda_without_gpu_message": err[-1] if err else "",
     }
+
+
+def check_ssdpa_determinism(device: str, toy: bool) -> dict:
+    """SS-DPA on the device: the NiN RotNet and SimCLR extractors trained twice give bit-identical
+    features; NiN-block heads are bit-identical on repeat and a label flip in one partition changes
+    that head only (the threat model's unit: one flip reaches one base model)."""
+    from poisoncert.semisup import ExtractorConfig, HeadConfig, extract_features, train_base_heads, train_extractor
+
+    rng = np.random.default_rng(2)
+    out: dict = {"device": device}
+    for name, shape, cfg in (
+        ("rotnet_nin", (1, 28, 28), ExtractorConfig(arch="nin", width=16 if toy else 96, epochs=1, batch_size=32)),
+        ("simclr_resnet18", (3, 32, 32), ExtractorConfig(arch="resnet18", epochs=1, batch_size=32, lr_schedule="cosine", crop_pad=0)),
+    ):
+        images = rng.integers(0, 256, (64 if toy else 512,) + shape, dtype=np.uint8)
+        a = train_extractor(images, cfg, device=device)
+        b = train_extractor(images, cfg, device=device)
+        fa, fb = extract_features(a, images[:32], device=device), extract_features(b, images[:32], device=device)
+        out[f"{name}_repeat_bit_identical"] = bool(np.array_equal(fa, fb))
+        if name == "rotnet_nin":
+            labels = rng.integers(0, 10, len(images))
+            members = [np.arange(i, len(images), 4) for i in range(4)]
+            head = HeadConfig.from_dict({"kind": "nin_block", "nin_block": {"epochs": 2, "batch_size": 16, "width": 16 if toy else 192}})
+            h1 = train_base_heads(a, images, labels, members, [0, 1, 2, 3], images[:32], 10, head, device=device)
+            h2 = train_base_heads(a, images, labels, members, [0, 1, 2, 3], images[:32], 10, head, device=device)
+            flipped = labels.copy()
+            flipped[members[1][0]] = (flipped[members[1][0]] + 1) % 10
+            h3 = train_base_heads(a, images, flipped, members, [0, 1, 2, 3], images[:32], 10, head, device=device)
+            out["nin_block_heads_repeat_bit_identical"] = bool(np.array_equal(h1, h2))
+            out["nin_block_flip_changes_only_its_head"] = bool(np.array_equal(h1[[0, 2, 3]], h3[[0, 2, 3]]) and not np.array_equal(h1[1], h3[1]))
+    return out
 
 
 def throughput(device: str, toy: bool, deadline: float) -> list[dict]:
@@ -187,6 +221,9 @@ def main() -> None:
     checks = check_determinism(device, args.cpu)
     (out / "checks.json").write_text(json.dumps(checks, indent=1))
     print(json.dumps(checks, indent=1), flush=True)
+    ssdpa = check_ssdpa_determinism(device, args.cpu)
+    (out / "ssdpa_checks.json").write_text(json.dumps(ssdpa, indent=1))
+    print(json.dumps(ssdpa, indent=1), flush=True)
     rows = throughput(device, args.cpu, start + args.budget_s * 0.6)
     with open(out / "throughput.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
@@ -197,7 +234,8 @@ def main() -> None:
     (out / "ensemble.json").write_text(json.dumps(ens, indent=1))
     print(json.dumps(ens, indent=1), flush=True)
     summary["seconds"] = round(time.time() - start, 1)
-    summary["all_checks_pass"] = all(checks[k] for k in ("repeat_bit_identical", "shard_invariant_bit_identical", "neighbour_changed", "cuda_without_gpu_one_line"))
+    summary["all_checks_pass"] = all(checks[k] for k in ("repeat_bit_identical", "shard_invariant_bit_identical", "neighbour_changed", "cuda_without_gpu_one_line")) \
+        and all(v for k, v in ssdpa.items() if k != "device")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"gpu_check: wrote {out} in {summary['seconds']} s; determinism checks {'pass' if summary['all_checks_pass'] else 'FAIL'}")
     sys.exit(0 if summary["all_checks_pass"] else 1)

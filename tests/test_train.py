@@ -254,6 +254,9 @@ def test_gpu_check_rehearses_on_the_cpu(repo_root, tmp_path):
     assert checks["cuda_without_gpu_one_line"] and "no GPU is visible" in checks["cuda_without_gpu_message"]
     assert checks["argmax_agreement"] > 0.5
     assert (tmp_path / "throughput.csv").read_text().count("\n") >= 3 and json.loads((tmp_path / "ensemble.json").read_text())["k"] == 1200
+    ssdpa = json.loads((tmp_path / "ssdpa_checks.json").read_text())
+    assert ssdpa["rotnet_nin_repeat_bit_identical"] and ssdpa["simclr_resnet18_repeat_bit_identical"]
+    assert ssdpa["nin_block_heads_repeat_bit_identical"] and ssdpa["nin_block_flip_changes_only_its_head"]
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
