@@ -148,6 +148,7 @@ rule fa_gain:
             "results/{exp}/report/fa_theorem2_vs_dpa.png",
             caption="../workflow/report/fa_gain.rst",
             category="{exp}",
+            labels={"result": "Theorem 2 vs the DPA-style bound (FA Fig. 4)"},
         ),
         pdf="results/{exp}/report/fa_theorem2_vs_dpa.pdf",
     log:
@@ -169,6 +170,7 @@ rule selection_sizes:
             "results/{exp}/report/selection_sizes_k{k}_d{d}.png",
             caption="../workflow/report/selection_sizes.rst",
             category="{exp}",
+            labels={"result": "selection sizes, n_s = {k} (Chen Fig. 5)"},
         ),
         pdf="results/{exp}/report/selection_sizes_k{k}_d{d}.pdf",
         csv="results/{exp}/report/selection_sizes_k{k}_d{d}.csv",
@@ -192,6 +194,7 @@ rule running_time:
             "results/{exp}/report/running_time.png",
             caption="../workflow/report/running_time.rst",
             category="{exp}",
+            labels={"result": "running time (Jia Fig. 3c)"},
         ),
         pdf="results/{exp}/report/running_time.pdf",
         csv="results/{exp}/report/running_time.csv",
@@ -214,6 +217,8 @@ rule roe_methods:
             "results/compare/{dataset}/roe_methods_k{k}.png",
             caption="../workflow/report/roe_methods.rst",
             category="comparison",
+            subcategory="{dataset}",
+            labels={"result": "six methods, k = {k} (ROE Figs. 2-3)"},
         ),
         pdf="results/compare/{dataset}/roe_methods_k{k}.pdf",
     log:

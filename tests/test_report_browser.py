@@ -37,6 +37,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("small_dpa", "improvement over DPA (figure)"): None,
     ("small_fa", FIGURE): None,
     ("small_fa", TABLE): "results/small_fa/report/table.csv",
+    ("small_fa", "Theorem 2 vs the DPA-style bound (FA Fig. 4)"): None,
     ("comparison", FIGURE): None,  # one dataset: the report opens its only subcategory (digits) directly
     ("comparison", TABLE): "results/compare/digits/table.csv",
     ("paper tables", "dpa_table1"): "results/paper_tables/dpa_table1.csv",
