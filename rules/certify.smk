@@ -21,6 +21,7 @@ rule certify:
 rule poison_check:
     """Attack certified samples with as many poisons as their certificate allows, retrain the affected models, check."""
     input:
+        unpack(extractor_input),
         data=dataset_file,
         scores=rules.aggregate.output[0],
     output:
@@ -38,6 +39,7 @@ rule poison_check:
     params:
         targets=lookup(dpath="experiments/{exp}/poison_check", within=config),
         certificates=certificates_arg,
+        extractor=extractor_arg,
     shell:
         "poisoncert poison-check --dataset-file {input.data:q} {input.scores:q} --targets {params.targets} "
-        "--certificates {params.certificates} --out-csv {output.csv:q} --out-json {output.json:q} > {log:q} 2>&1"
+        "--certificates {params.certificates} {params.extractor} --out-csv {output.csv:q} --out-json {output.json:q} > {log:q} 2>&1"

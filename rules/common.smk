@@ -263,13 +263,26 @@ def n_shards(n_models):
     return (n_models + size - 1) // size
 
 
-def train_extra_inputs(wildcards):
-    """The shared label-free extractor (learners rotnet, frozen: registry needs_extractor), or the shared phi_2 of a two_phase experiment."""
+def extractor_input(wildcards):
+    """The shared label-free extractor of a learner that reads one (registry needs_extractor:
+    rotnet, simclr, frozen), for rules train and poison_check."""
     if registry.learner(experiment(wildcards)["learner"]).needs_extractor:
         return {"extractor": f"results/{wildcards.exp}/extractor.pt"}
+    return {}
+
+
+def extractor_arg(wildcards):
+    """poison_check's --extractor flag (learner frozen retrains on the extractor's features)."""
+    return " ".join(
+        f"--extractor {path}" for path in extractor_input(wildcards).values()
+    )
+
+
+def train_extra_inputs(wildcards):
+    """The shared label-free extractor, or the shared phi_2 of a two_phase experiment."""
     if experiment(wildcards)["two_phase"]:
         return {"phase2": f"results/{wildcards.exp}/phase2.npz"}
-    return {}
+    return extractor_input(wildcards)
 
 
 def shard_files(wildcards):

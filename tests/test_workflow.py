@@ -44,6 +44,8 @@ TINY = {
         "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "head": {"kind": "logistic"},
                    "extractor": {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}},
         "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
+        "tinyfrozen": {"dataset": "digits", "scheme": "dpa", "learner": "frozen", "k": [6], "poison_check": 2,
+                       "extractor": {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}},
     },
 }
 
@@ -88,6 +90,11 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path, snakemake):
     bag = json.loads((res / "tinybag" / "k30_d1" / "certificates" / "random_selection.json").read_text())
     assert bag["n_models"] == 4 and bag["unit"] != "insertions+deletions"
     pc = json.loads((res / "tiny" / "k7_d1" / "poison_check.json").read_text())
+    assert pc["attacked"] >= 1 and pc["held"] == pc["attacked"]
+    # issue 16's frozen learner on DPA hash partitions: label flips, and the workflow's poison check retrains it
+    fz = json.loads((res / "tinyfrozen" / "k6_d1" / "certificates" / "dpa.json").read_text())
+    assert fz["unit"] == "label flips" and fz["mean_base_accuracy"] > 0.3
+    pc = json.loads((res / "tinyfrozen" / "k6_d1" / "poison_check.json").read_text())
     assert pc["attacked"] >= 1 and pc["held"] == pc["attacked"]
     ss = json.loads((res / "tinyss" / "k5_d1" / "certificates" / "dpa.json").read_text())
     assert ss["unit"] == "label flips" and ss["mean_base_accuracy"] > 0.3

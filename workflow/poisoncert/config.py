@@ -157,11 +157,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     check_offsets(exp["offsets"], k, exp["d"][0])
                 except PoisonCertError as exc:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
-        if exp["poison_check"] and (registry.scheme(scheme).attack is None or exp["learner"] != "supervised"):
+        if exp["poison_check"] and (registry.scheme(scheme).attack is None or not registry.learner(exp["learner"]).poison_checked):
             attackable = [n for n, s in registry.SCHEMES.items() if s.attack]
+            learners = [n for n, lr in registry.LEARNERS.items() if lr.poison_checked and n != "binary_kmeans"]
             raise PoisonCertError(
                 f"config key experiments.{name}.poison_check: the poison check attacks the deterministic schemes ({', '.join(attackable)}) "
-                "with the supervised learner (binary_kmeans: its own)"
+                f"with the learners {', '.join(learners)} (binary_kmeans: its own)"
             )
         if exp["poison_check"] and registry.dataset(exp["dataset"]).hashes_source_images:
             raise PoisonCertError(

@@ -24,27 +24,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certificates", default=None, help="comma-separated certificates to check (default: the scheme's own)")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-json", required=True)
+    p.add_argument("--extractor", default=None, help="learner frozen: the experiment's shared label-free extractor file")
 
 
-def learner_for(ds: Dataset, meta: dict[str, Any]):
+def _device(meta: dict[str, Any]) -> str:
+    """The device the ensemble was trained on (the retrain must run there to reproduce its bits)."""
+    import torch
+
+    if "device" not in meta:
+        raise PoisonCertError("these scores do not record how their base models were trained (device); the poison check needs a workflow scores file")
+    device = "cpu" if meta["device"] == "cpu" else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PoisonCertError("these scores were trained on a GPU; run the poison check where one is visible")
+    return device
+
+
+def _frozen_learner(ds: Dataset, meta: dict[str, Any], extractor_file: str | None):
+    from ..frozen import FrozenConfig, frozen_learner
+    from .extractor import read_extractor
+
+    if extractor_file is None:
+        raise PoisonCertError("learner frozen: pass the experiment's extractor file (--extractor results/<exp>/extractor.pt)")
+    state = read_extractor(extractor_file)
+    if state.get("dataset_hash") != meta.get("dataset_hash"):
+        raise PoisonCertError(f"{extractor_file} was trained on other data than these scores; give the experiment's own extractor")
+    fields = (meta.get("experiment") or {}).get("frozen") or {}
+    return frozen_learner(state, ds.train_images, ds.test_images, ds.n_classes, FrozenConfig(**fields), device=_device(meta))
+
+
+def learner_for(ds: Dataset, meta: dict[str, Any], extractor_file: str | None = None):
     """The retrain function of the ensemble's learner, exactly as the workflow ran it."""
     threat = registry.ensemble_threat(meta)
     if threat["learner"] == "binary_kmeans":
         from .kmeans_scores import kmeans_learner
 
         return kmeans_learner(ds.train_images, ds.test_images)[0]
+    if threat["learner"] == "frozen":
+        return _frozen_learner(ds, meta, extractor_file)
     if threat["learner"] != "supervised" or (meta.get("experiment") or {}).get("two_phase"):
-        raise PoisonCertError(f"the poison check retrains supervised and App. B base models, not learner '{threat['learner']}'")
-    import torch
-
+        checked = [n for n, lr in registry.LEARNERS.items() if lr.poison_checked]
+        raise PoisonCertError(f"the poison check retrains the learners {', '.join(checked)}, not learner '{threat['learner']}'")
     from ..train import TrainConfig, train_shard
 
-    if "train" not in meta or "device" not in meta:
-        raise PoisonCertError("these scores do not record how their base models were trained (train, device); the poison check needs a workflow scores file")
+    if "train" not in meta:
+        raise PoisonCertError("these scores do not record how their base models were trained (train); the poison check needs a workflow scores file")
+    device = _device(meta)
     cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["train"].items()})
-    device = "cpu" if meta["device"] == "cpu" else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PoisonCertError("these scores were trained on a GPU; run the poison check where one is visible")
 
     def retrain_fn(train_sets, seeds):
         return train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=device, progress=False)
@@ -52,7 +77,8 @@ def learner_for(ds: Dataset, meta: dict[str, Any]):
     return retrain_fn
 
 
-def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json: str, n_targets: int = 3, certificates: list[str] | None = None) -> dict[str, Any]:
+def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json: str, n_targets: int = 3, certificates: list[str] | None = None,
+                     extractor_file: str | None = None) -> dict[str, Any]:
     """Attack certified test samples with as many poisons as each certificate allows, retrain, check."""
     import pandas as pd
 
@@ -62,7 +88,7 @@ def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json
     scores, labels, meta = read_scores(scores_file)
     if meta.get("dataset_hash") != ds.meta()["content_hash"]:
         raise PoisonCertError(f"{scores_file} was made from other data than {dataset_file}")
-    retrain_fn = learner_for(ds, meta)
+    retrain_fn = learner_for(ds, meta, extractor_file)
     names = certificates or [registry.scheme(registry.ensemble_threat(meta)["scheme"]).default_certificate]
     outcomes = [o for name in names for o in poison_check(ds, scores, meta, retrain_fn, n_targets, certificate=name)]
     table = pd.DataFrame([{**dataclasses.asdict(o), "held": o.held} for o in outcomes], columns=COLUMNS)
@@ -83,4 +109,4 @@ def run_poison_check(dataset_file: str, scores_file: str, out_csv: str, out_json
 
 def main(args: argparse.Namespace) -> None:
     certs = [c for c in args.certificates.split(",") if c] if args.certificates else None
-    run_poison_check(args.dataset_file, args.scores, args.out_csv, args.out_json, args.targets, certs)
+    run_poison_check(args.dataset_file, args.scores, args.out_csv, args.out_json, args.targets, certs, args.extractor)
