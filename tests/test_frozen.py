@@ -164,8 +164,10 @@ def test_config_accepts_frozen_and_refuses_unsound_uses():
     assert ok["experiments"]["e"]["train"]["augment"] == "trivial_augment"
     with pytest.raises(PoisonCertError, match="augment"):
         validate_config({"experiments": {"e": {**base, "train": {"augment": "autoaugment"}}}})
-    with pytest.raises(PoisonCertError, match="poison_check"):
-        validate_config({"experiments": {"e": {**base, "learner": "frozen", "poison_check": 2}}})
+    # the workflow's poison check retrains frozen (registry poison_checked), not the SS-DPA heads
+    assert validate_config({"experiments": {"e": {**base, "learner": "frozen", "poison_check": 2}}})["experiments"]["e"]["poison_check"] == 2
+    with pytest.raises(PoisonCertError, match="poison_check: .* with the learners supervised, frozen"):
+        validate_config({"experiments": {"e": {**base, "learner": "rotnet", "poison_check": 2}}})
 
 
 def test_shards_from_before_the_augment_option_aggregate_with_new_ones():
