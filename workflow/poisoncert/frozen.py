@@ -142,6 +142,18 @@ def fit_predict(
     return out
 
 
+def frozen_features(state: dict[str, Any], train_images: np.ndarray, test_images: np.ndarray,
+                    device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The extractor's features of the training and the test images, extracted together (one
+    standardisation over both) as every frozen base model sees them: the train stage and the poison
+    check's retraining call this one function, so their logits agree bit for bit."""
+    from .semisup import extract_features
+
+    n = len(train_images)
+    feats = extract_features(state, np.concatenate([np.asarray(train_images), np.asarray(test_images)]), device=device)
+    return feats[:n], feats[n:]
+
+
 def frozen_learner(
     state: dict[str, Any],
     train_images: np.ndarray,
@@ -156,12 +168,8 @@ def frozen_learner(
     does; a training set is then looked up by image content. Only images of ``train_images`` may
     appear in the sets: the learner's threat model is label flips, which move no image.
     """
-    from .semisup import extract_features
-
     train_images = np.asarray(train_images)
-    feats = extract_features(state, np.concatenate([train_images, np.asarray(test_images)]), device=device)
-    n = len(train_images)
-    ftr, fte = feats[:n], feats[n:]
+    ftr, fte = frozen_features(state, train_images, test_images, device)
     lookup = {key: i for i, key in enumerate(row_keys(train_images).tolist())}
 
     def retrain_fn(train_sets: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]) -> np.ndarray:

@@ -95,21 +95,19 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
         state = read_extractor(extractor_file)
         if state.get("dataset_hash") != pmeta["dataset_hash"]:
             raise PoisonCertError(f"{extractor_file} was trained on other data; delete it and rerun")
-        ext = extractor_config(state)
         members = [parts.members(m) for m in models]
         if learner == "frozen":
-            from ..frozen import FrozenConfig, fit_predict
-            from ..semisup import extract_features
+            from ..frozen import FrozenConfig, fit_predict, frozen_features
 
             try:
                 fcfg = FrozenConfig(**(learner_fields or {}))
             except TypeError as exc:
                 raise PoisonCertError(f"bad frozen-learner configuration: {exc}") from None
-            feats = extract_features(state, np.concatenate([ds.train_images, ds.test_images]), device=dev.type)
-            n_train = len(ds.train_labels)
-            logits = fit_predict(feats[:n_train], ds.train_labels, members, seeds, feats[n_train:], ds.n_classes, fcfg)
+            ftr, fte = frozen_features(state, ds.train_images, ds.test_images, dev.type)
+            logits = fit_predict(ftr, ds.train_labels, members, seeds, fte, ds.n_classes, fcfg)
             extra_meta = {"frozen": dataclasses.asdict(fcfg)}
         else:
+            ext = extractor_config(state)
             head = HeadConfig.from_dict(head_fields or {})
             learner = ext.learner
             logits = train_base_heads(state, ds.train_images, ds.train_labels, members, seeds, ds.test_images,
