@@ -129,3 +129,22 @@ def dpa_units(k: int) -> list[list[int]]:
 def fa_units(k: int, d: int, offsets) -> list[list[int]]:
     kd = k * d
     return [[(j + r) % kd for r in offsets] for j in range(kd)]
+
+
+def check_sound(ens: Ensemble, rule: str, radius: int, prediction: int, *, undecided_ok: bool = False, context=()):
+    """Assert a certificate ``radius`` for ``prediction`` survives the exhaustive adversary; tally tightness.
+
+    The clean aggregate must equal ``prediction``; no set of ``radius`` units may change it (a search
+    over more than 10**6 behaviours counts as a pass only when ``undecided_ok``); then the smallest
+    attack up to ``radius + 1`` is searched (10**5 behaviours). Returns None when that search is too
+    big, else whether the certificate is tight (min_attack == radius + 1).
+    """
+    clean = ens.plurality() if rule == "plurality" else ens.roe()
+    assert clean == prediction, (context, clean, prediction)
+    res = ens.can_change(radius, rule, max_combos=10**6)
+    assert res is not True and (undecided_ok or res is False), (context, radius)
+    m = ens.min_attack(rule, radius + 1, max_combos=10**5)
+    if m is None:
+        return None
+    assert m >= radius + 1, (context, radius, m)
+    return m == radius + 1

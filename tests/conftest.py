@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -47,3 +48,28 @@ def snakemake():
         return subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(env), timeout=timeout)
 
     return run
+
+
+TINY_CONFIG = {
+    "shard_size": 3,
+    "radii": [0, 1, 2],
+    "experiments": {
+        "tiny": {
+            "dataset": "digits",
+            "scheme": "dpa",
+            "k": [4, 7],
+            "certificates": ["dpa"],
+            "train": {"arch": "small_cnn", "epochs": 2},
+        }
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict:
+    """The tiny workflow config of the end-to-end runs (local and SLURM): one DPA experiment on digits.
+
+    k = 4 and 7 with ``shard_size: 3`` give 2 + 3 train shards; a fresh deep copy per session (copy it
+    again before changing it: the SLURM and workflow tests share it).
+    """
+    return copy.deepcopy(TINY_CONFIG)

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+import certify_monotone as monotone
+
 from poisoncert.certify._binomial import (
     clopper_pearson_lower,
     clopper_pearson_upper,
@@ -218,38 +220,40 @@ def test_ties_go_to_the_smaller_class():
     assert cert.radius.tolist() == [-1]
 
 
-counts_strategy = st.integers(2, 5).flatmap(
-    lambda c: st.lists(st.integers(0, 60), min_size=c, max_size=c).filter(lambda v: sum(v) > 0)
-)
+counts_strategy = monotone.counts_strategy(5, 60)
 
 
 @settings(max_examples=60, deadline=None)
 @given(counts_strategy, st.integers(0, 4), st.sampled_from([(60000, 30), (100, 3), (13007, 10)]))
 def test_more_votes_for_the_top_class_never_lower_the_radius(v, j, nk):
-    v = np.array(v)
-    top = int(np.argmax(v))
-    j = j % len(v)
-    if j == top or v[j] == 0:
-        return
-    w = v.copy()
-    w[j] -= 1
-    w[top] += 1
     n, k = nk
-    r0 = bagging(v[None], n, k, 0.01).radius[0]
-    r1 = bagging(w[None], n, k, 0.01).radius[0]
-    assert r1 >= r0
+    monotone.check_more_votes_never_lower_the_radius(lambda c, a: bagging(c, n, k, a), v, j)
 
 
 @settings(max_examples=60, deadline=None)
 @given(counts_strategy, st.floats(1e-6, 0.5), st.floats(1e-6, 0.5))
 def test_larger_alpha_never_lowers_the_radius_and_abstain_iff_bounds_cross(v, a1, a2):
-    v = np.array(v)[None]
-    lo, hi = sorted((a1, a2))
-    c_lo = bagging(v, 60000, 30, lo)
-    c_hi = bagging(v, 60000, 30, hi)
-    assert c_hi.radius[0] >= c_lo.radius[0]
-    for c in (c_lo, c_hi):
-        assert (c.radius[0] == -1) == (c.detail["p_lower"][0] <= c.detail["p_upper"][0])
+    monotone.check_larger_alpha_never_lowers_the_radius(lambda c, a: bagging(c, 60000, 30, a), v, a1, a2)
+
+
+def test_monotonicity_checks_fire_on_a_certificate_that_breaks_them():
+    """The shared helpers are not vacuous: a radius that falls with more top votes or a larger alpha fails."""
+    real = lambda c, a: bagging(c, 60000, 30, a)  # noqa: E731
+
+    def falls_with_top_votes(c, a):
+        cert = real(c, a)
+        cert.radius[:] = 10**6 - int(np.max(c))
+        return cert
+
+    def falls_with_alpha(c, a):
+        cert = real(c, a)
+        cert.radius[:] = np.where(cert.radius >= 0, int(1 / a), -1)
+        return cert
+
+    with pytest.raises(AssertionError):
+        monotone.check_more_votes_never_lower_the_radius(falls_with_top_votes, [30, 5, 1], 1)
+    with pytest.raises(AssertionError):
+        monotone.check_larger_alpha_never_lowers_the_radius(falls_with_alpha, [50, 1], 0.01, 0.1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import certify_monotone as monotone
+
 from poisoncert.certify._binomial import clopper_pearson_lower, clopper_pearson_upper
 from poisoncert.certify.bagging import (
     bagging_radius,
@@ -262,37 +264,23 @@ def test_large_n_and_unbounded_search():
         assert random_selection_radius([0.9], [0.05], BINOMIAL, 3, 1, "P2").tolist() == [3]
 
 
-counts_strategy = st.integers(2, 4).flatmap(
-    lambda c: st.lists(st.integers(0, 50), min_size=c, max_size=c).filter(lambda v: sum(v) > 0)
-)
+counts_strategy = monotone.counts_strategy(4, 50)
 
 
 @settings(max_examples=40, deadline=None)
 @given(counts_strategy, st.integers(0, 3), st.sampled_from(SCHEMES), st.sampled_from(POISONING_MODELS))
 def test_more_votes_for_the_top_class_never_lower_the_radius(v, j, scheme, model):
-    v = np.array(v)
-    top = int(np.argmax(v))
-    j = j % len(v)
-    if j == top or v[j] == 0:
-        return
-    w = v.copy()
-    w[j] -= 1
-    w[top] += 1
-    r0 = random_selection(v[None], scheme, 5000, 20, 0.01, model).radius[0]
-    r1 = random_selection(w[None], scheme, 5000, 20, 0.01, model).radius[0]
-    assert r1 >= r0
+    monotone.check_more_votes_never_lower_the_radius(
+        lambda c, a: random_selection(c, scheme, 5000, 20, a, model), v, j
+    )
 
 
 @settings(max_examples=40, deadline=None)
 @given(counts_strategy, st.floats(1e-6, 0.5), st.floats(1e-6, 0.5), st.sampled_from(SCHEMES))
 def test_larger_alpha_never_lowers_the_radius_and_abstain_iff_bounds_cross(v, a1, a2, scheme):
-    v = np.array(v)[None]
-    lo, hi = sorted((a1, a2))
-    c_lo = random_selection(v, scheme, 5000, 20, lo)
-    c_hi = random_selection(v, scheme, 5000, 20, hi)
-    assert c_hi.radius[0] >= c_lo.radius[0]
-    for c in (c_lo, c_hi):
-        assert (c.radius[0] == -1) == (c.detail["p_lower"][0] <= c.detail["p_upper"][0])
+    monotone.check_larger_alpha_never_lowers_the_radius(
+        lambda c, a: random_selection(c, scheme, 5000, 20, a), v, a1, a2
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,19 +30,6 @@ RUN_TIMEOUT = 300  # seconds per snakemake run; SIGKILL, since a hung run ignore
 # first status check 2 s after a submission instead of the plugin's 40 s (MinJobAge=300 >= 3 x 2)
 FAST_STATUS = ["--slurm-init-seconds-before-status-checks", "2"]
 
-TINY = {
-    "shard_size": 3,
-    "radii": [0, 1, 2],
-    "experiments": {
-        "tiny": {
-            "dataset": "digits",
-            "scheme": "dpa",
-            "k": [4, 6],
-            "certificates": ["dpa"],
-            "train": {"arch": "small_cnn", "epochs": 2},
-        }
-    },
-}
 # `prepare` fails: no MNIST under the (empty) data_root and no download
 FAILING = {
     "data_root": "empty",
@@ -120,11 +107,11 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_env, repo_root, tmp_path_factory):
+def runs(slurm_env, repo_root, tmp_path_factory, tiny_config):
     base = tmp_path_factory.mktemp("slurm_runs")
     profile = ["--profile", str(repo_root / "profiles" / "slurm"), *FAST_STATUS]
-    slurm = Run(repo_root, base / "slurm", TINY, profile, _env(repo_root, slurm_env))
-    local = Run(repo_root, base / "local", TINY, ["--cores", "2"], _env(repo_root))
+    slurm = Run(repo_root, base / "slurm", tiny_config, profile, _env(repo_root, slurm_env))
+    local = Run(repo_root, base / "local", tiny_config, ["--cores", "2"], _env(repo_root))
     failing = Run(repo_root, base / "failing", FAILING, profile, _env(repo_root, slurm_env), dirs=["empty"])
     try:
         runs = {"slurm": slurm.wait(), "local": local.wait(), "failing": failing.wait()}
@@ -145,13 +132,13 @@ def runs(slurm_env, repo_root, tmp_path_factory):
     return runs
 
 
-def test_slurm_run_equals_local_run_bit_for_bit(runs):
+def test_slurm_run_equals_local_run_bit_for_bit(runs, tiny_config):
     slurm, local = runs["slurm"], runs["local"]
     local.check_not_hung()
     assert local.returncode == 0, local.output[-4000:]
     slurm.check_not_hung()
     assert slurm.returncode == 0, slurm.output[-4000:]
-    for k in TINY["experiments"]["tiny"]["k"]:
+    for k in tiny_config["experiments"]["tiny"]["k"]:
         rel = Path("results") / "tiny" / f"k{k}_d1"
         with np.load(slurm.workdir / rel / "scores.npz") as a, np.load(local.workdir / rel / "scores.npz") as b:
             assert sorted(a.files) == sorted(b.files)
@@ -168,26 +155,29 @@ def test_slurm_run_equals_local_run_bit_for_bit(runs):
     pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing), check_exact=True)
 
 
-def test_slurm_jobs_follow_the_profile(runs, slurm_env):
+def test_slurm_jobs_follow_the_profile(runs, slurm_env, tiny_config):
     slurm = runs["slurm"]
     slurm.check_not_hung()
     assert slurm.returncode == 0, slurm.output[-4000:]
     out = slurm.output
-    # train jobs go as group jobs: 4 shards, groups of up to 8 -> one sbatch, no single train job
+    # train jobs go as group jobs: 2 + 3 shards (k = 4, 7; shard_size 3), groups of up to 8 -> one sbatch,
+    # no single train job
+    n_shards = sum(-(-k // tiny_config["shard_size"]) for k in tiny_config["experiments"]["tiny"]["k"])
+    assert n_shards <= 8
     assert len(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/group_train_train/", out)) == 1, out[-4000:]
     assert "/rule_train/" not in out
     # partition and report are local rules, prepare (no download), aggregate and certify are not
     assert "localrule partition:" in out and "localrule report:" in out
     for rule in ("prepare", "aggregate", "certify"):
         assert f"/rule_{rule}/" in out, rule
-    # 1 prepare + 1 group of 4 train + 2 aggregate + 2 certify, in the partition from the environment,
+    # 1 prepare + 1 group of the train shards + 2 aggregate + 2 certify, in the partition from the environment,
     # none asking for a GPU (the node has none: sbatch would refuse --gpus)
     jobs = slurm.jobs
     assert len(jobs) == 6, jobs
     assert {j["partition"] for j in jobs} == {slurm_env["POISONCERT_SLURM_PARTITION"]}
     assert {j["gres"] for j in jobs} == {"N/A"}
     assert {j["state"] for j in jobs} == {"COMPLETED"}
-    assert sorted(int(j["cpus"]) for j in jobs) == [1, 1, 1, 1, 1, 4]
+    assert sorted(int(j["cpus"]) for j in jobs) == [1, 1, 1, 1, 1, n_shards]  # the group's 1-thread jobs side by side
 
 
 def test_failing_slurm_job_names_its_log(runs):

@@ -1,5 +1,6 @@
 """The Snakemake workflow itself: dry runs of the configs, and a tiny end-to-end run."""
 
+import copy
 import json
 import re
 import shutil
@@ -28,32 +29,23 @@ def test_bad_config_stops_before_any_job(repo_root, tmp_path, snakemake):
     assert "Traceback" not in proc.stderr
 
 
-TINY = {
-    "shard_size": 3,
-    "radii": [0, 1, 2],
-    "experiments": {
-        "tiny": {
-            "dataset": "digits",
-            "scheme": "dpa",
-            "k": [4, 7],
-            "certificates": ["dpa"],
-            "poison_check": 2,
-            "train": {"arch": "small_cnn", "epochs": 2},
-        },
-        "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
-        "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "head": {"kind": "logistic"},
-                   "extractor": {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}},
-        "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
-        "tinyfrozen": {"dataset": "digits", "scheme": "dpa", "learner": "frozen", "k": [6], "poison_check": 2,
-                       "extractor": {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}},
-    },
+_EXTRACTOR = {"arch": "light", "epochs": 1, "width": 8, "n_blocks": 3, "batch_size": 64, "lr_schedule": "cosine", "crop_pad": 0}
+# besides conftest's tiny DPA experiment (with a poison check here): one experiment per other scheme / learner
+_MORE = {
+    "tinyfa": {"dataset": "digits", "scheme": "fa", "k": [3], "d": [2], "certificates": ["fa", "fa_roe"], "train": {"epochs": 1}},
+    "tinyss": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [5], "head": {"kind": "logistic"}, "extractor": _EXTRACTOR},
+    "tinybag": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 4, "certificates": ["bagging", "random_selection"], "train": {"epochs": 1}},
+    "tinyfrozen": {"dataset": "digits", "scheme": "dpa", "learner": "frozen", "k": [6], "poison_check": 2, "extractor": _EXTRACTOR},
 }
 
 
 @pytest.mark.slow
-def test_end_to_end_tiny_workflow(repo_root, tmp_path, snakemake):
+def test_end_to_end_tiny_workflow(repo_root, tmp_path, snakemake, tiny_config):
+    tiny = copy.deepcopy(tiny_config)
+    tiny["experiments"]["tiny"]["poison_check"] = 2
+    tiny["experiments"].update(copy.deepcopy(_MORE))
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    cfg.write_text(yaml.safe_dump(tiny))
     proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = tmp_path / "results"
@@ -109,8 +101,8 @@ def test_end_to_end_tiny_workflow(repo_root, tmp_path, snakemake):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
-    assert "Nothing to be done" in dry(TINY)
-    assert "Nothing to be done" in dry({**TINY, "data_root": "elsewhere", "download": True, "device": "cpu"})  # digits reads no files; auto = cpu here
-    out = dry({**TINY, "train_threads": 2})  # the thread count can change the bits
+    assert "Nothing to be done" in dry(tiny)
+    assert "Nothing to be done" in dry({**tiny, "data_root": "elsewhere", "download": True, "device": "cpu"})  # digits reads no files; auto = cpu here
+    out = dry({**tiny, "train_threads": 2})  # the thread count can change the bits
     planned = {line.split()[0] for line in out.splitlines() if re.match(r"^[a-z_]+\s+\d+$", line)}  # the "Job stats" table
     assert "train" in planned and "prepare" not in planned and "partition" not in planned, out[-3000:]
