@@ -107,7 +107,9 @@ def prepare_args(wildcards):
     if registry.dataset(wildcards.dataset).embedded:
         return f"--seed {config['split_seed']}"
     download = " --download" if config["download"] else ""
-    return f"--root {config['data_root']}{download}"
+    root = os.path.normpath(config["data_root"])  # 'data/', './data' and 'data' are one folder: one rerun trigger
+    root = os.path.join(".", root) if root.startswith("-") else root  # never read as a flag
+    return f"--root {shlex.quote(root)}{download}"
 
 
 def experiment(wildcards):
@@ -136,14 +138,14 @@ def _train_args(exp):
     args = f"--train-config {shlex.quote(json.dumps(_recorded_train(e)))}"
     learner = registry.learner(e["learner"])
     if learner.needs_extractor:
-        args += f" --extractor results/{exp}/extractor.pt"
+        args += f" --extractor {shlex.quote(f'results/{exp}/extractor.pt')}"
         if learner.config_key:  # frozen: its own rule on the features, no heads
             fields = shlex.quote(json.dumps(e[learner.config_key]))
             args += f" --learner {learner.name} --learner-config {fields}"
         else:  # rotnet, simclr: a head per partition
             args += f" --head-config {shlex.quote(json.dumps(e['head']))}"
     elif e["two_phase"]:
-        args += f" --phase2 results/{exp}/phase2.npz"
+        args += f" --phase2 {shlex.quote(f'results/{exp}/phase2.npz')}"
     return args
 
 
@@ -274,7 +276,7 @@ def extractor_input(wildcards):
 def extractor_arg(wildcards):
     """poison_check's --extractor flag (learner frozen retrains on the extractor's features)."""
     return " ".join(
-        f"--extractor {path}" for path in extractor_input(wildcards).values()
+        f"--extractor {shlex.quote(path)}" for path in extractor_input(wildcards).values()
     )
 
 
