@@ -97,6 +97,37 @@ def _learner_defaults(cfg: dict[str, Any]) -> None:
                 exp["extractor"].setdefault(key, copy.deepcopy(value))
 
 
+def _yaml_key_hint(key: Any) -> str:
+    if isinstance(key, bool):
+        return "YAML reads yes/no/true/false/on/off as a boolean"
+    if key is None:
+        return "YAML reads null or ~ as no value"
+    return "YAML reads it as a number"
+
+
+def _check_keys(node: Any, path: str = "") -> None:
+    """Every mapping key in the config must be a string: YAML turns ``123:``, ``yes:``, ``null:``
+    into a number, a boolean, None, which would reach file names and rules as ``True`` or ``123``.
+
+    >>> _check_keys({"experiments": {True: {}}})
+    Traceback (most recent call last):
+    ...
+    poisoncert.errors.PoisonCertError: config key experiments: experiment name True is not text (YAML reads yes/no/true/false/on/off as a boolean); put the name in quotes in the YAML file, or rename it
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                what = "experiment name" if path == "experiments" else "key"
+                raise PoisonCertError(
+                    f"config key {path or '(top level)'}: {what} {key!r} is not text ({_yaml_key_hint(key)}); "
+                    "put the name in quotes in the YAML file, or rename it"
+                )
+            _check_keys(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_keys(value, f"{path}[{i}]")
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` (a dict as loaded from YAML), fill defaults, and return it.
 
@@ -104,6 +135,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(config, dict):
         raise PoisonCertError("the config must be a mapping of keys to values (see config.yaml)")
+    _check_keys(config)
     cfg = copy.deepcopy(config)
     _learner_defaults(cfg)
     schema = load_schema()
