@@ -63,7 +63,6 @@ __all__ = [
     "dataset",
     "threat_unit",
     "ensemble_threat",
-    "recorded",
     "compute",
     "predict",
     "learner",
@@ -318,6 +317,38 @@ class Scheme:
             )
         return self.certificates[certificate_name]
 
+    def poison_reach(self, certificate_name: str, meta: Mapping[str, Any], n_voters: int) -> np.ndarray:
+        """What one poison reaches, for collective certificates (:func:`poisoncert.certify.collective`):
+        an (n_units, width) array of the voter indices (in the certificate's view) each unit reaches.
+
+        One voter per poison for the one-partition footprints (DPA, SS-DPA: one label flip, DPA*: one
+        partition of the partition-mean view); for FA (its certificate needs the offsets R) split bucket j reaches the d models
+        (j + r) mod kd, r in R. Refuses what has no collective certificate here (random selections,
+        the ROE certificates).
+
+        >>> SCHEMES["fa"].poison_reach("fa", {"k": 2, "d": 2, "offsets": [0, 3]}, 4).tolist()
+        [[0, 3], [1, 0], [2, 1], [3, 2]]
+        >>> SCHEMES["dpa_star"].poison_reach("dpa", {"k": 3, "d": 2}, 3).ravel().tolist()
+        [0, 1, 2]
+        """
+        self.view(certificate_name)
+        if self.selection or certificate_name not in COLLECTIVE_CERTIFICATES:
+            raise PoisonCertError(
+                f"no collective certificate for '{certificate_name}' on a '{self.name}' ensemble; "
+                f"supported: {', '.join(c for c in COLLECTIVE_CERTIFICATES if c in self.certificates) or 'none for this scheme'}"
+            )
+        if "offsets" not in certificate(certificate_name).needs:  # the FA layout: one split bucket, d models
+            return np.arange(int(n_voters), dtype=np.int64)[:, None]
+        k, d, offsets = _fa_layout(meta)
+        kd = int(k) * int(d)
+        if kd != int(n_voters):
+            raise PoisonCertError(f"an FA ensemble with k = {k}, d = {d} has {kd} base models, the scores hold {n_voters}")
+        return (np.arange(kd, dtype=np.int64)[:, None] + np.asarray(offsets, dtype=np.int64)[None, :]) % kd
+
+
+#: Certificates with a collective counterpart (:meth:`Scheme.poison_reach`): plurality votes under the
+#: scheme's reach (the ROE certificates are not supported: docs/collective.md).
+COLLECTIVE_CERTIFICATES = ("dpa", "fa")
 
 _SELECTION_FOOTPRINT = "one poison is one sample in each random selection that drew it"
 
@@ -518,68 +549,20 @@ def threat_unit(scheme_name: str, learner_name: str = "supervised") -> str:
     return LABEL_FLIPS if lr.sees_unlabeled_train else s.unit
 
 
-def recorded(meta: Mapping[str, Any], key: str) -> Any:
-    """The value of ``key`` the scores metadata records, at the top level or in its recorded
-    ``experiment`` config; the two must agree (a contradiction is refused, never resolved to
-    either reading: the less safe one would inflate the radii).
-
-    >>> recorded({"scheme": "fa", "experiment": {"scheme": "fa"}}, "scheme")
-    'fa'
-    >>> recorded({"scheme": "dpa", "experiment": {"scheme": "ssdpa"}}, "scheme")
-    Traceback (most recent call last):
-    ...
-    poisoncert.errors.PoisonCertError: the scores metadata contradicts itself: scheme = 'dpa' at the top level but 'ssdpa' in its recorded experiment; fix the file (which ensemble was it?)
-    """
-    if not isinstance(meta, Mapping):
-        raise PoisonCertError(f"the scores metadata must be a mapping (a dict, e.g. {{'scheme': 'dpa'}}), got {type(meta).__name__}")
-    experiment = meta.get("experiment")
-    top, inner = meta.get(key), (experiment.get(key) if isinstance(experiment, Mapping) else None)
-    if top is not None and inner is not None and top != inner:
-        raise PoisonCertError(
-            f"the scores metadata contradicts itself: {key} = {top!r} at the top level but {inner!r} in its recorded experiment; "
-            "fix the file (which ensemble was it?)"
-        )
-    return top if top is not None else inner
-
-
-def _agree(meta: Mapping[str, Any], key: str, given: Any, what: str) -> None:
-    """Refuse an argument that contradicts what the scores metadata records."""
-    value = recorded(meta, key)
-    if given is not None and value is not None and value != given:
-        raise PoisonCertError(
-            f"{what} {given!r} contradicts the scores metadata, which records {key} = {value!r}: the metadata's threat model is the one "
-            "the ensemble was built under; pass the recorded value (or fix the metadata)"
-        )
-
-
 def ensemble_threat(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The threat model a scores file is certified under: its scheme and learner, or the default.
 
     A file whose metadata names no scheme gets :data:`DEFAULT_SCHEME` (one base model per
-    poisoned sample) and ``assumed: True``; one that names no learner gets the scheme's default
-    learner (``supervised``; App. B's own for ``binary_kmeans``) and ``learner_assumed: True``.
-    The footprint is stated in the threat unit (a label-flip learner's poison is a label flip).
-    The certificate summary records this dict.
-
-    >>> t = ensemble_threat({"scheme": "dpa", "learner": "frozen"})
-    >>> t["footprint"], t["unit"], t["learner_assumed"]
-    ('one label flip reaches one partition', 'label flips', False)
-    >>> ensemble_threat({"scheme": "dpa"})["learner_assumed"]
-    True
+    poisoned sample) and ``assumed: True``; the certificate summary records this dict.
     """
-    name = recorded(meta, "scheme")
+    name = meta.get("scheme")
     assumed = name is None
     s = scheme(DEFAULT_SCHEME if assumed else name)
-    lname = recorded(meta, "learner")
-    learner_assumed = lname is None
-    lr = learner(("binary_kmeans" if s.name == "binary_kmeans" else "supervised") if learner_assumed else lname)
+    lname = meta.get("learner") or (meta.get("experiment") or {}).get("learner") or ("binary_kmeans" if s.name == "binary_kmeans" else "supervised")
+    lr = learner(lname)
     if s.name not in lr.schemes:
         raise PoisonCertError(f"learner '{lr.name}' does not build '{s.name}' ensembles (it builds {', '.join(lr.schemes)})")
-    unit = threat_unit(s.name, lr.name)
-    footprint = s.footprint
-    if unit == LABEL_FLIPS and footprint.startswith("one poison "):
-        footprint = "one label flip " + footprint[len("one poison "):]
-    return {"scheme": s.name, "learner": lr.name, "footprint": footprint, "unit": unit, "assumed": assumed, "learner_assumed": learner_assumed}
+    return {"scheme": s.name, "learner": lr.name, "footprint": s.footprint, "unit": threat_unit(s.name, lr.name), "assumed": assumed}
 
 
 def deterministic_pairs() -> list[tuple[str, str]]:
@@ -617,11 +600,6 @@ def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: M
     1
     """
     rec = certificate(certificate_name)
-    scheme(scheme_name)
-    _agree(meta, "scheme", scheme_name, "scheme")
-    _agree(meta, "learner", learner_name, "learner")
-    meta = {**meta, "scheme": scheme_name}  # the certificate reads the scheme it is asked for, never a guess
-    scores = certify.check_scores(scores)
     check_layout(scheme_name, scores, meta)
     view = scores_view(scheme_name, certificate_name, scores, meta)
     cert = rec.compute(view, meta)
@@ -633,9 +611,7 @@ def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: M
 def predict(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
     """The ensemble's prediction that ``certificate_name`` certifies: its aggregation rule on its view."""
     rec = certificate(certificate_name)
-    _agree(meta, "scheme", scheme_name, "scheme")
-    meta = {**meta, "scheme": scheme_name}
-    view = scores_view(scheme_name, certificate_name, certify.check_scores(scores), meta)
+    view = scores_view(scheme_name, certificate_name, scores, meta)
     if rec.aggregation == "roe":
         return certify.roe_predict(view)[0]
     return certify.plurality(certify.vote_counts(certify.votes(view), view.shape[2]))

@@ -10,6 +10,7 @@ from .binary import binary_kmeans, binary_kmeans_counts  # DPA App. B (2-means S
 from .metrics import certified_accuracy, certified_radius_or_minus_one, mean_base_accuracy, median_certified_radius, summary_metrics
 from .fa import FACertifiedAccuracy, default_fa_offsets, fa, fa_certified_accuracy, fa_from_votes, fa_improvement_stats
 from .roe import dpa_roe, dpa_star_logits, fa_roe, roe_predict
+from .collective import CollectiveBlock, CollectiveResult, attack_flips, collective, exact_collective
 from .bagging import (
     bagging,
     bagging_radius,
@@ -52,6 +53,11 @@ __all__ = [
     "bagging_radius_delete_only",
     "bagging_radius_insert_only",
     "jia_argmax_poisoned_size",
+    "CollectiveBlock",
+    "CollectiveResult",
+    "attack_flips",
+    "collective",
+    "exact_collective",
     "POISONING_MODELS",
     "SCHEMES",
     "random_selection",
