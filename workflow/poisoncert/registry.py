@@ -63,6 +63,7 @@ __all__ = [
     "dataset",
     "threat_unit",
     "ensemble_threat",
+    "recorded",
     "compute",
     "predict",
     "learner",
@@ -549,20 +550,68 @@ def threat_unit(scheme_name: str, learner_name: str = "supervised") -> str:
     return LABEL_FLIPS if lr.sees_unlabeled_train else s.unit
 
 
+def recorded(meta: Mapping[str, Any], key: str) -> Any:
+    """The value of ``key`` the scores metadata records, at the top level or in its recorded
+    ``experiment`` config; the two must agree (a contradiction is refused, never resolved to
+    either reading: the less safe one would inflate the radii).
+
+    >>> recorded({"scheme": "fa", "experiment": {"scheme": "fa"}}, "scheme")
+    'fa'
+    >>> recorded({"scheme": "dpa", "experiment": {"scheme": "ssdpa"}}, "scheme")
+    Traceback (most recent call last):
+    ...
+    poisoncert.errors.PoisonCertError: the scores metadata contradicts itself: scheme = 'dpa' at the top level but 'ssdpa' in its recorded experiment; fix the file (which ensemble was it?)
+    """
+    if not isinstance(meta, Mapping):
+        raise PoisonCertError(f"the scores metadata must be a mapping (a dict, e.g. {{'scheme': 'dpa'}}), got {type(meta).__name__}")
+    experiment = meta.get("experiment")
+    top, inner = meta.get(key), (experiment.get(key) if isinstance(experiment, Mapping) else None)
+    if top is not None and inner is not None and top != inner:
+        raise PoisonCertError(
+            f"the scores metadata contradicts itself: {key} = {top!r} at the top level but {inner!r} in its recorded experiment; "
+            "fix the file (which ensemble was it?)"
+        )
+    return top if top is not None else inner
+
+
+def _agree(meta: Mapping[str, Any], key: str, given: Any, what: str) -> None:
+    """Refuse an argument that contradicts what the scores metadata records."""
+    value = recorded(meta, key)
+    if given is not None and value is not None and value != given:
+        raise PoisonCertError(
+            f"{what} {given!r} contradicts the scores metadata, which records {key} = {value!r}: the metadata's threat model is the one "
+            "the ensemble was built under; pass the recorded value (or fix the metadata)"
+        )
+
+
 def ensemble_threat(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The threat model a scores file is certified under: its scheme and learner, or the default.
 
     A file whose metadata names no scheme gets :data:`DEFAULT_SCHEME` (one base model per
-    poisoned sample) and ``assumed: True``; the certificate summary records this dict.
+    poisoned sample) and ``assumed: True``; one that names no learner gets the scheme's default
+    learner (``supervised``; App. B's own for ``binary_kmeans``) and ``learner_assumed: True``.
+    The footprint is stated in the threat unit (a label-flip learner's poison is a label flip).
+    The certificate summary records this dict.
+
+    >>> t = ensemble_threat({"scheme": "dpa", "learner": "frozen"})
+    >>> t["footprint"], t["unit"], t["learner_assumed"]
+    ('one label flip reaches one partition', 'label flips', False)
+    >>> ensemble_threat({"scheme": "dpa"})["learner_assumed"]
+    True
     """
-    name = meta.get("scheme")
+    name = recorded(meta, "scheme")
     assumed = name is None
     s = scheme(DEFAULT_SCHEME if assumed else name)
-    lname = meta.get("learner") or (meta.get("experiment") or {}).get("learner") or ("binary_kmeans" if s.name == "binary_kmeans" else "supervised")
-    lr = learner(lname)
+    lname = recorded(meta, "learner")
+    learner_assumed = lname is None
+    lr = learner(("binary_kmeans" if s.name == "binary_kmeans" else "supervised") if learner_assumed else lname)
     if s.name not in lr.schemes:
         raise PoisonCertError(f"learner '{lr.name}' does not build '{s.name}' ensembles (it builds {', '.join(lr.schemes)})")
-    return {"scheme": s.name, "learner": lr.name, "footprint": s.footprint, "unit": threat_unit(s.name, lr.name), "assumed": assumed}
+    unit = threat_unit(s.name, lr.name)
+    footprint = s.footprint
+    if unit == LABEL_FLIPS and footprint.startswith("one poison "):
+        footprint = "one label flip " + footprint[len("one poison "):]
+    return {"scheme": s.name, "learner": lr.name, "footprint": footprint, "unit": unit, "assumed": assumed, "learner_assumed": learner_assumed}
 
 
 def deterministic_pairs() -> list[tuple[str, str]]:
@@ -600,6 +649,11 @@ def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: M
     1
     """
     rec = certificate(certificate_name)
+    scheme(scheme_name)
+    _agree(meta, "scheme", scheme_name, "scheme")
+    _agree(meta, "learner", learner_name, "learner")
+    meta = {**meta, "scheme": scheme_name}  # the certificate reads the scheme it is asked for, never a guess
+    scores = certify.check_scores(scores)
     check_layout(scheme_name, scores, meta)
     view = scores_view(scheme_name, certificate_name, scores, meta)
     cert = rec.compute(view, meta)
@@ -611,7 +665,9 @@ def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: M
 def predict(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
     """The ensemble's prediction that ``certificate_name`` certifies: its aggregation rule on its view."""
     rec = certificate(certificate_name)
-    view = scores_view(scheme_name, certificate_name, scores, meta)
+    _agree(meta, "scheme", scheme_name, "scheme")
+    meta = {**meta, "scheme": scheme_name}
+    view = scores_view(scheme_name, certificate_name, certify.check_scores(scores), meta)
     if rec.aggregation == "roe":
         return certify.roe_predict(view)[0]
     return certify.plurality(certify.vote_counts(certify.votes(view), view.shape[2]))
