@@ -15,9 +15,12 @@ file, then rename), so an interrupted write never leaves a file that looks compl
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,8 @@ __all__ = [
     "canonical_order",
     "row_keys",
     "atomic_file",
+    "scratch_file",
+    "write_errors",
     "atomic_savez",
     "atomic_write_text",
     "load_npz",
@@ -428,25 +433,135 @@ def load_dataset(name: str, root: str | os.PathLike = "data", download: bool = F
 # files
 
 
+#: errno of a write the file system refused -> (what happened, how to fix it). Raised by any write
+#: (these never come from reading an input), so they are always this path's fault.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: ("the disk is full", "free space there (or set another working directory) and rerun"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there (or set another working directory) and rerun"),
+    errno.EFBIG: ("the file would exceed the file-size limit", "raise the limit (ulimit -f unlimited) and rerun"),
+    errno.EROFS: ("its folder is on a read-only file system", "run from a writable working directory"),
+}
+#: ... and those that are this path's fault only when they name it or its folder (a read can raise them too).
+_PERMISSION_ERRNOS = {
+    errno.EACCES: ("permission denied", "make the folder writable for this user, or run elsewhere"),
+    errno.EPERM: ("operation not permitted", "make the folder writable for this user, or run elsewhere"),
+}
+#: The temporaries of output ``.NAME`` beside it: ``.NAME.tmp<pid>[.ext]`` (:func:`atomic_file`),
+#: ``.NAME.scores<pid>.npy`` (:func:`poisoncert.scores.scores_writer`).
+_TEMPORARY = re.compile(r"(?:tmp|scores)\d+(?:\.[A-Za-z0-9]+)?")
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> PoisonCertError | None:
+    """One line for a write of ``path`` that the file system refused (disk full, file-size limit,
+    read-only folder, permissions); None for any other error, which keeps its traceback.
+
+    >>> import errno
+    >>> print(write_error("results/x.csv", OSError(errno.ENOSPC, "No space left on device")))
+    cannot write results/x.csv: the disk is full (No space left on device); free space there (or set another working directory) and rerun
+    >>> write_error("results/x.csv", FileNotFoundError(errno.ENOENT, "No such file or directory", "input.npz")) is None
+    True
+    """
+    path = Path(path)
+    what = _WRITE_ERRNOS.get(exc.errno)
+    if what is None and exc.errno in _PERMISSION_ERRNOS:
+        named = {str(p) for p in (exc.filename, exc.filename2) if p is not None}
+        ours = {str(path), str(path.parent)} | {str(p) for p in path.parents}
+        if not named or named & ours or any(Path(n).name.startswith(f".{path.name}.") for n in named):
+            what = _PERMISSION_ERRNOS[exc.errno]
+    if what is None:
+        return None
+    return PoisonCertError(f"cannot write {path}: {what[0]} ({exc.strerror or os.strerror(exc.errno)}); {what[1]}")
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike):
+    """Turn a refused write of ``path`` (:func:`write_error`) into one line; anything else passes."""
+    try:
+        yield
+    except OSError as exc:
+        err = write_error(path, exc)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _sweep_temporaries(path: Path) -> None:
+    """Remove the temporaries a killed writer of ``path`` left beside it (a live writer holds a lock
+    on its own, see :func:`scratch_file`), so no temporary outlives the rerun."""
+    prefix = f".{path.name}."
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(prefix) and _TEMPORARY.fullmatch(e.name[len(prefix):])]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def scratch_file(path: str | os.PathLike, tag: str = "tmp", suffix: str = ""):
+    """Yield a new, locked temporary file ``.NAME.<tag><pid><suffix>`` beside output ``path``, removed
+    afterwards whatever happens; a rerun removes one that a killed process left.
+
+    First the folder is made and stale temporaries of ``path`` are swept; refused writes
+    (:func:`write_errors`) become one line.
+    """
+    path = Path(path)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_temporaries(path)
+        tmp = path.with_name(f".{path.name}.{tag}{os.getpid()}{suffix}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel if this process dies
+        with write_errors(path):
+            yield tmp
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def preallocate(path: str | os.PathLike) -> None:
+    """Reserve every block of file ``path`` now (``posix_fallocate``), so that a memory map of it
+    never meets a full disk while it is written (a sparse file's page would fault with SIGBUS, a
+    silent death): the disk is full here, as an ``OSError`` (ENOSPC) that :func:`write_errors` reports."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size:
+            os.posix_fallocate(fh.fileno(), 0, size)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The one atomic-write step of the package: an interrupted or failed write never leaves a file
-    that looks complete, and never leaves the temporary file behind. ``suffix`` keeps an
-    extension on the temporary name for writers that infer the format from it (matplotlib).
+    that looks complete, and never leaves the temporary file behind (nor does a killed one outlive
+    the next write of ``path``: :func:`scratch_file`); a full disk, a file-size limit or a read-only
+    folder is one line (:func:`write_errors`). ``suffix`` keeps an extension on the temporary name
+    for writers that infer the format from it (matplotlib).
     """
     path = Path(path)
     if path.is_dir():
         raise PoisonCertError(f"output path {path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
-    try:
+    with scratch_file(path, "tmp", suffix) as tmp:
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        with write_errors(path):
+            os.replace(tmp, path)
 
 
 def atomic_savez(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> None:
@@ -461,18 +576,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Read a whole ``.npz`` file (but the arrays in ``skip``), turning a missing, truncated or
-    foreign file into one clear line."""
+def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...], skip: tuple[str, ...] = (),
+             remedy: str = "delete it and rerun the workflow") -> dict[str, np.ndarray]:
+    """Read a whole ``.npz`` file (but the arrays in ``skip``), turning a missing, truncated, corrupt
+    (zip CRC) or foreign file into one clear line; ``remedy`` says how to make it again.
+
+    A single ``.npy`` array and a member holding a pickled Python object (``np.savez`` of a dict)
+    get their own line: they are not damaged, just not this format.
+    """
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise PoisonCertError(f"{what} file must be a path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise PoisonCertError(f"{what} file {path} does not exist; run the step that writes it first")
+    if path.is_dir():
+        raise PoisonCertError(f"{what} file {path} is a folder, not an .npz file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise PoisonCertError(f"{what} file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if magic == b"\x93NUMPY":
+        raise PoisonCertError(
+            f"{what} file {path} is a single .npy array, not an .npz archive of named arrays ({', '.join(required)}, meta); "
+            "save it with numpy.savez (for scores: poisoncert.scores.write_scores)"
+        )
+    out: dict[str, np.ndarray] = {}
+    key = None
     try:
         with np.load(path, allow_pickle=False) as z:
-            out = {key: z[key] for key in z.files if key not in skip}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); delete it and rerun the workflow") from None
-    missing = [k for k in required if k not in out]
+            for key in z.files:
+                if key not in skip:
+                    out[key] = z[key]
+    except ValueError as exc:
+        if "pickle" in str(exc) and key is not None:
+            raise PoisonCertError(
+                f"'{key}' in {what} file {path} is a pickled Python object, which poisoncert never loads (it could run code); "
+                + ("store the metadata as a JSON string: meta=np.array(json.dumps(meta))" if key == "meta" else "store it as a plain numeric array")
+            ) from None
+        raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); {remedy}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, AttributeError) as exc:
+        raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); {remedy}") from None
+    missing = [k for k in required if k not in out and k not in skip]
     if missing:
         raise PoisonCertError(f"{what} file {path} lacks {', '.join(missing)}; it is not a poisoncert {what} file (rerun the step that writes it)")
     return out

@@ -93,14 +93,22 @@ def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion.
 
     ``Beta(alpha; x, N - x + 1)``, the alpha-quantile of a Beta distribution; 0 when ``x == 0``.
-    ``Pr(p < bound) <= alpha`` for every true ``p``.
+    ``Pr(p < bound) <= alpha`` for every true ``p``. Where scipy's quantile fails for an extreme
+    ``alpha`` the bound is 0 (always valid).
+
+    >>> bool(np.isclose(clopper_pearson_lower(10, 10, 0.05), 0.05 ** (1 / 10)))
+    True
+    >>> float(clopper_pearson_lower(5, 10, 1e-302)) >= 0.0
+    True
     """
     a = check_alpha(alpha)
     x = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
     safe_x = np.where(x > 0, x, 1.0)
     out = stats.beta.ppf(a, safe_x, n - x + 1.0)
-    return np.where(x > 0, out, 0.0)
+    # scipy's quantile can fail (NaN) for extreme alpha (e.g. 1e-300 split over many intervals):
+    # 0 is always a valid lower bound, so the certificate stays sound, only weaker
+    return np.where((x > 0) & np.isfinite(out), np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0), 0.0)
 
 
 def clopper_pearson_upper(successes, trials, alpha: float) -> np.ndarray:
@@ -115,7 +123,8 @@ def clopper_pearson_upper(successes, trials, alpha: float) -> np.ndarray:
     full = x >= n
     safe_b = np.where(full, 1.0, n - x)
     out = stats.beta.isf(a, x + 1.0, safe_b)
-    return np.where(full, 1.0, out)
+    # as above: 1 is always a valid upper bound when scipy's quantile fails (NaN)
+    return np.where(full | ~np.isfinite(out), 1.0, np.clip(np.nan_to_num(out, nan=1.0), 0.0, 1.0))
 
 
 def bonferroni(alpha: float, n_intervals: int) -> float:

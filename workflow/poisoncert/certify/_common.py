@@ -217,8 +217,24 @@ def vote_counts(v: np.ndarray, n_classes: int) -> np.ndarray:
 
     Per block of samples (cache-sized): with few classes one comparison per class and a narrow
     count (:func:`count_true`), otherwise one ``bincount`` over (sample, class) keys; same result.
+    A vote outside ``[0, n_classes)`` is refused (it would be dropped, or counted in another
+    sample's row).
+
+    >>> vote_counts(np.array([[0, 2, 2]]), 3).tolist()
+    [[1, 0, 2]]
+    >>> vote_counts(np.array([[0, 5]]), 3)
+    Traceback (most recent call last):
+    ...
+    poisoncert.errors.PoisonCertError: votes must be class indices in [0, 3); found 5 (is n_classes right?)
     """
-    v = np.asarray(v)
+    v = as_array(v, "votes")
+    if v.ndim != 2 or not (np.issubdtype(v.dtype, np.integer) or v.dtype == bool):
+        raise PoisonCertError(f"votes must be integer class indices of shape (n_test, n_models), got {v.dtype} {v.shape}")
+    if not isinstance(n_classes, (int, np.integer)) or isinstance(n_classes, bool) or n_classes < 1:
+        raise PoisonCertError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+    if v.size and (v.min() < 0 or v.max() >= n_classes):
+        bad = v[(v < 0) | (v >= n_classes)].flat[0]
+        raise PoisonCertError(f"votes must be class indices in [0, {n_classes}); found {int(bad)} (is n_classes right?)")
     n, n_models = v.shape
     out = np.empty((n, n_classes), dtype=np.int64)
     if n_classes <= _FEW_CLASSES:

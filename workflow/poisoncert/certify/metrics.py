@@ -9,10 +9,43 @@ from ..errors import PoisonCertError
 __all__ = ["certified_radius_or_minus_one", "certified_accuracy", "median_certified_radius", "mean_base_accuracy", "summary_metrics"]
 
 
+#: Radii are counts of poisoned samples; anything beyond this is no count a certificate can make.
+MAX_RADIUS = 2**53
+#: Points of the certified-accuracy curve a requested radius may add beyond the certified ones.
+CURVE_LIMIT = 2**20
+
+
+def _as_radius(radius) -> np.ndarray:
+    """Certified radii as int64: whole numbers in [-1, 2^53] (a float such as 1e20 would wrap around).
+
+    >>> _as_radius([2.0, -1]).tolist()
+    [2, -1]
+    >>> _as_radius([1e20])
+    Traceback (most recent call last):
+    ...
+    poisoncert.errors.PoisonCertError: certified radii must be whole numbers in [-1, 9007199254740992] (a count of poisoned samples, -1 = none); got 1e+20
+    """
+    try:
+        arr = np.asarray(radius)
+    except (TypeError, ValueError):
+        raise PoisonCertError("certified radii must be an array of whole numbers") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise PoisonCertError(f"certified radii must be whole numbers, got dtype {arr.dtype}")
+    if arr.size:
+        bad = ~np.isfinite(arr) | (arr < -1) | (arr > MAX_RADIUS) if np.issubdtype(arr.dtype, np.floating) else (arr < -1) | (arr > MAX_RADIUS)
+        if np.issubdtype(arr.dtype, np.floating):
+            bad |= np.isfinite(arr) & (arr != np.round(arr))
+        if bad.any():
+            raise PoisonCertError(
+                f"certified radii must be whole numbers in [-1, {MAX_RADIUS}] (a count of poisoned samples, -1 = none); got {arr[bad].flat[0].item()!r}"
+            )
+    return arr.astype(np.int64)
+
+
 def certified_radius_or_minus_one(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-sample certificate for the *true* label: the radius where correct, -1 where misclassified or abstained."""
     prediction = np.asarray(prediction)
-    radius = np.asarray(radius)
+    radius = _as_radius(radius)
     labels = np.asarray(labels)
     if not (prediction.shape == radius.shape == labels.shape):
         raise PoisonCertError(
@@ -71,7 +104,9 @@ def mean_base_accuracy(counts: np.ndarray, labels: np.ndarray) -> float:
 def summary_metrics(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarray, radii) -> dict:
     """Clean accuracy, median certified radius, certified accuracy at ``radii`` and the whole curve.
 
-    The curve runs from 0 to one past the largest certified radius (or the largest of ``radii``).
+    The curve runs from 0 to one past the largest certified radius, or to one past the largest
+    of ``radii`` where that is at most :data:`CURVE_LIMIT` (beyond the largest certified radius
+    the certified accuracy is 0; the requested radii are reported all the same).
 
     >>> m = summary_metrics(np.array([0, 1, 1]), np.array([2, 0, 5]), np.array([0, 1, 0]), [0, 1])
     >>> m["clean_accuracy"], m["median_certified_radius"], m["certified_accuracy"]
@@ -79,8 +114,14 @@ def summary_metrics(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarr
     """
     labels = np.asarray(labels)
     certified = certified_radius_or_minus_one(prediction, radius, labels)
-    radii = [int(r) for r in radii]
-    curve_r = np.arange(int(max(certified.max(initial=0), max(radii, default=0))) + 2)
+    radii = _as_radius(radii).tolist()
+    if len(radii) > 100_000:
+        raise PoisonCertError(f"at most 100000 radii can be reported, got {len(radii)}")
+    top = int(certified.max(initial=0))
+    asked = max(radii, default=0)
+    # the curve is a step function, 0 past the largest certified radius: a far requested radius
+    # (1e9) extends it only up to CURVE_LIMIT points, never to a multi-GB array
+    curve_r = np.arange(max(top, asked if asked <= max(top, CURVE_LIMIT) else top) + 2)
     return {
         "clean_accuracy": float((np.asarray(prediction) == labels).mean()),
         "median_certified_radius": median_certified_radius(prediction, radius, labels),

@@ -130,7 +130,10 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
         Path(out_csv).unlink(missing_ok=True)  # no half of a result left looking complete
         raise
     med = summary["median_certified_radius"]
-    assumed = " [no scheme in the scores: assumed dpa, one base model per poisoned sample]" if summary["threat_model"]["assumed"] else ""
+    threat = summary["threat_model"]
+    assumed = f" [no scheme in the scores: assumed {threat['scheme']}, one base model per poisoned sample]" if threat["assumed"] else ""
+    if threat.get("learner_assumed"):
+        assumed += f" [no learner in the scores: assumed {threat['learner']}, unit {threat['unit']}]"
     print(f"{name}: clean accuracy {summary['clean_accuracy']:.4f}, mean base accuracy {summary['mean_base_accuracy']:.4f}, "
           f"median certified radius {med if med is not None else 'N/A'} ({summary['unit']}){assumed}")
     return summary
