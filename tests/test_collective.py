@@ -169,3 +169,50 @@ def test_refusals():
         certify.collective(v, 2, np.arange(3)[:, None], [1], np.zeros(2, int), mode="accuracy")
     with pytest.raises(PoisonCertError, match="mode"):
         certify.collective(v, 2, np.arange(3)[:, None], [1], np.zeros(2, int), mode="bogus")
+
+
+def _cli(args):
+    from poisoncert import cli
+
+    return cli.main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("scheme,cert", [("fa", "fa"), ("dpa_star", "dpa")])
+def test_cli_writes_csv_and_json(tmp_path, capsys, scheme, cert):
+    import json
+
+    import pandas as pd
+
+    from poisoncert.scores import write_scores
+
+    scores, labels, meta = _ensemble(scheme, 3)
+    path = tmp_path / "scores.npz"
+    write_scores(path, scores, labels, meta)
+    out_csv, out_json = tmp_path / "c.csv", tmp_path / "c.json"
+    assert _cli(["collective", path, "--certificate", cert, "--budgets", "2,1", "--mode", "unchanged", "--block-size", "4",
+                 "--time-limit", "5", "--out-csv", out_csv, "--out-json", out_json]) == 0
+    df = pd.read_csv(out_csv)
+    assert list(df.columns) == ["budget", "certified", "attack_bound", "samplewise", "proven", "seconds"]
+    assert df.budget.tolist() == [1, 2]
+    summary = json.loads(out_json.read_text())
+    assert summary["threat_model"]["scheme"] == scheme and len(summary["budgets"]) == 2
+    err = capsys.readouterr().err
+    assert "block 1/" in err or df.samplewise.tolist() == [summary["n_test"]] * 2  # progress per block on stderr
+    votes, n_classes, reach, radius, _ = _inputs(scheme, cert, 3)
+    changed = changed_by_sets(votes, n_classes, reach, 2)
+    for row in df.itertuples():
+        exact = brute_force(changed, row.budget, np.ones(len(votes), bool))
+        assert row.certified <= exact <= row.attack_bound
+
+
+def test_cli_refuses_in_one_line(tmp_path, capsys):
+    from poisoncert.scores import write_scores
+
+    scores, labels, meta = _ensemble("dpa", 0)
+    path = tmp_path / "scores.npz"
+    write_scores(path, scores, labels, meta)
+    for cert in ("dpa_roe", "fa", "nope"):
+        rc = _cli(["collective", path, "--certificate", cert, "--budgets", "1", "--out-csv", tmp_path / "x.csv", "--out-json", tmp_path / "x.json"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and err.startswith("poisoncert: error:")
+    assert not (tmp_path / "x.csv").exists()

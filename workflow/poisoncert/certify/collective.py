@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -87,14 +87,20 @@ class CollectiveResult:
     proven: bool
     seconds: float
     blocks: tuple[CollectiveBlock, ...] = field(default=())
+    n_test: int = 0
+
+    def fraction(self, count: int) -> float:
+        """``count`` over the whole test set (certified accuracy in mode accuracy)."""
+        total = self.n_test or self.n_samples
+        return count / total if total else 1.0
 
     @property
     def certified_fraction(self) -> float:
-        return self.certified / self.n_samples if self.n_samples else 1.0
+        return self.fraction(self.certified)
 
     @property
     def attack_fraction(self) -> float:
-        return self.attack_bound / self.n_samples if self.n_samples else 1.0
+        return self.fraction(self.attack_bound)
 
 
 def _check_inputs(votes, n_classes, reach, budgets, samplewise_radius, labels, mode, block_size, time_limit):
@@ -331,7 +337,7 @@ def collective(
         if r == 0 or cand.size == 0:
             results.append(CollectiveResult(r, n_considered if r == 0 else samplewise, n_considered,
                                             n_considered if r == 0 else samplewise, (), samplewise,
-                                            int(cand.size), True, time.perf_counter() - t0))
+                                            int(cand.size), True, time.perf_counter() - t0, (), n))
             continue
         # blocks of candidates, most vulnerable first (small radius, then index: deterministic)
         cand = cand[np.lexsort((cand, rad[cand]))]
@@ -355,19 +361,16 @@ def collective(
                 best_units, best_flips = units, f
         results.append(CollectiveResult(
             r, certified, n_considered, n_considered - best_flips, tuple(sorted(int(unit_ids[u]) for u in best_units)),
-            samplewise, int(cand.size), all(b.proven for b in done), time.perf_counter() - t0, tuple(done)))
+            samplewise, int(cand.size), all(b.proven for b in done), time.perf_counter() - t0, tuple(done), n))
     # monotone in r: an attack of budget r' <= r is an attack of budget r
     out: list[CollectiveResult] = []
     for res in results:
         if out:
             prev = out[-1]
-            cert = min(res.certified, prev.certified)
             if prev.attack_bound < res.attack_bound:
-                res = CollectiveResult(res.budget, res.certified, res.n_samples, prev.attack_bound, prev.attack_units,
-                                       res.samplewise, res.n_candidates, res.proven, res.seconds, res.blocks)
-            if cert != res.certified:
-                res = CollectiveResult(res.budget, cert, res.n_samples, res.attack_bound, res.attack_units,
-                                       res.samplewise, res.n_candidates, res.proven, res.seconds, res.blocks)
+                res = replace(res, attack_bound=prev.attack_bound, attack_units=prev.attack_units)
+            if prev.certified < res.certified:
+                res = replace(res, certified=prev.certified)
         if res.certified > res.attack_bound:  # a proven bound above a real attack: a bug, never a result
             raise PoisonCertError(
                 f"internal error: collective certificate {res.certified} exceeds the attack bound {res.attack_bound} at budget {res.budget}")

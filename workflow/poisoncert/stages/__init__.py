@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "aggregate": "aggregate",
     "kmeans-scores": "kmeans_scores",
     "certify": "certify",
+    "collective": "collective",
     "poison-check": "poison_check",
     "report": "report",
     "improvement": "improvement",
