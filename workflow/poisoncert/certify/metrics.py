@@ -115,6 +115,8 @@ def summary_metrics(prediction: np.ndarray, radius: np.ndarray, labels: np.ndarr
     labels = np.asarray(labels)
     certified = certified_radius_or_minus_one(prediction, radius, labels)
     radii = _as_radius(radii).tolist()
+    if any(r < 0 for r in radii):
+        raise PoisonCertError(f"the radii to report must be >= 0 (attack sizes), got {min(radii)}")
     if len(radii) > 100_000:
         raise PoisonCertError(f"at most 100000 radii can be reported, got {len(radii)}")
     top = int(certified.max(initial=0))
