@@ -11,7 +11,10 @@ A scores file is an ``.npz`` with
   certificates ``train_size`` and ``k`` (the selection size).
 
 The workflow's ``aggregate`` and ``kmeans_scores`` stages write it; users write it with
-:func:`write_scores` from an ensemble trained elsewhere.
+:func:`write_scores` from an ensemble trained elsewhere: :func:`from_art` (IBM ART's
+``DeepPartitionEnsemble``), :func:`from_models` (a list of torch models or callables),
+:func:`from_outputs` (per-model probability or logit arrays) turn one into (scores, labels,
+meta) with the axis order checked and the scheme and threat model recorded.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "scores.npz")
@@ -38,7 +41,8 @@ from . import certify
 from .data import atomic_file, atomic_savez, load_npz, preallocate, scratch_file, write_errors
 from .errors import PoisonCertError
 
-__all__ = ["write_scores", "read_scores", "check_meta", "meta_json", "stored_dtype", "scores_writer", "npz_memmap"]
+__all__ = ["write_scores", "read_scores", "check_meta", "meta_json", "stored_dtype", "scores_writer", "npz_memmap",
+           "stack_model_outputs", "from_outputs", "from_models", "from_art", "DETERMINISM_CAVEAT"]
 
 #: Metadata keys whose type is checked on reading: key -> (type test, what it must be).
 _META_TYPES: dict[str, tuple[Any, str]] = {
@@ -264,3 +268,167 @@ def scores_writer(path: str | os.PathLike, shape: tuple[int, int, int], labels: 
                     np.lib.format.write_array(dst, value, allow_pickle=False)
     finally:
         scratch.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------- ensembles trained elsewhere
+
+#: What a certificate of an ensemble trained elsewhere rests on (recorded in its metadata).
+DETERMINISM_CAVEAT = (
+    "the certificate assumes each base model is a deterministic function of its own training set (and seed): retrained on an "
+    "unchanged partition it must give the same outputs. Fix every seed before the models are built (ART: torch.manual_seed "
+    "before DeepPartitionEnsemble, which copies one initialisation), turn on deterministic kernels, and train each model on "
+    "its partition alone; otherwise the radius describes the ensemble as trained, not a proof against retraining"
+)
+
+_LAYOUTS = ("tests,models,classes", "models,tests,classes")
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    from .certify._common import as_array
+
+    return as_array(value, name)
+
+
+def stack_model_outputs(outputs: Any, n_test: int | None = None, layout: str | None = None) -> np.ndarray:
+    """Per-model outputs as the scores layout, float32 (n_test, n_models, n_classes).
+
+    ``outputs``: a list of per-model arrays (n_test, n_classes), or one 3-D array in ``layout``
+    ``"tests,models,classes"`` (ours) or ``"models,tests,classes"`` (ART's ``predict(raw=True)``,
+    ``np.stack`` over a loop of models). Without ``layout`` the order is read from ``n_test``
+    (the number of test samples), and an ambiguous shape is refused.
+
+    >>> stack_model_outputs([np.eye(2), np.eye(2)[::-1]]).shape     # 2 models, 2 tests, 2 classes
+    (2, 2, 2)
+    >>> stack_model_outputs(np.zeros((5, 3, 10)), n_test=3).shape     # models first: transposed
+    (3, 5, 10)
+    """
+    if isinstance(outputs, (list, tuple)):
+        arrays = [_as_array(o, f"outputs[{i}]") for i, o in enumerate(outputs)]
+        if not arrays:
+            raise PoisonCertError("no model outputs were given; pass one (n_test, n_classes) array per base model")
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1 or arrays[0].ndim != 2:
+            raise PoisonCertError(f"each model's outputs must be one (n_test, n_classes) array of the same shape, got shapes {sorted(shapes)}")
+        arr = np.stack(arrays, axis=1)
+        layout = "tests,models,classes"
+    else:
+        arr = _as_array(outputs, "outputs")
+    if arr.ndim != 3:
+        raise PoisonCertError(f"model outputs must be 3-D (tests, models, classes), got shape {arr.shape}; a list of (n_test, n_classes) arrays also works")
+    if layout is None:
+        if n_test is None:
+            raise PoisonCertError(f"cannot tell the axis order of outputs of shape {arr.shape}: pass layout='models,tests,classes' "
+                                  "(ART's predict(raw=True), a loop over models) or 'tests,models,classes', or n_test")
+        first, second = arr.shape[0] == n_test, arr.shape[1] == n_test
+        if first == second:
+            raise PoisonCertError(f"cannot tell the axis order of outputs of shape {arr.shape} with {n_test} test samples: pass "
+                                  "layout='models,tests,classes' (ART's predict(raw=True)) or 'tests,models,classes'")
+        layout = _LAYOUTS[0] if first else _LAYOUTS[1]
+    if layout not in _LAYOUTS:
+        raise PoisonCertError(f"layout must be one of {', '.join(repr(x) for x in _LAYOUTS)}, got {layout!r}")
+    if layout == _LAYOUTS[1]:
+        arr = arr.transpose(1, 0, 2)
+    if n_test is not None and arr.shape[0] != n_test:
+        raise PoisonCertError(f"the outputs hold {arr.shape[0]} test samples in layout {layout!r} but there are {n_test}; check the layout")
+    return certify.check_scores(np.ascontiguousarray(arr, dtype=np.float32), name="model outputs")
+
+
+def _ensemble_meta(scores: np.ndarray, scheme: str, source: str, extra: dict[str, Any]) -> dict[str, Any]:
+    from . import registry
+
+    rec = registry.scheme(scheme)
+    if rec.selection or not rec.trains:
+        raise PoisonCertError(f"scheme '{rec.name}' is not one this adapter records; use write_scores with the selection metadata")
+    meta = {k: v for k, v in extra.items() if v is not None}
+    meta.setdefault("k", scores.shape[1] // int(meta.get("d") or 1))
+    meta.update({"scheme": rec.name, "learner": meta.get("learner", "supervised"), "source": source})
+    registry.check_layout(rec.name, scores, meta)
+    threat = registry.ensemble_threat(meta)
+    meta.update({"footprint": threat["footprint"], "unit": threat["unit"], "determinism": DETERMINISM_CAVEAT})
+    return check_meta(meta)
+
+
+def _labels(y: Any, n_test: int, n_classes: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape == (n_test, n_classes):  # one-hot, as ART's fit takes them
+        y = y.argmax(axis=1)
+    return _check_labels(y, n_test, n_classes, "y")
+
+
+def from_outputs(outputs: Any, y: Any = None, layout: str | None = None, scheme: str = "dpa", **meta: Any):
+    """(scores, labels, meta) from per-model outputs (see :func:`stack_model_outputs`) of a ``scheme`` ensemble.
+
+    ``meta``: k, d, offsets as the scheme needs (DPA: k = the number of models). The scheme
+    must be the one the models were trained under: DPA when a model's training set is picked by
+    a hash of the sample alone.
+
+    >>> s, y, m = from_outputs([np.eye(3)] * 4, [0, 1, 2])
+    >>> s.shape, m["scheme"], m["k"], m["unit"]
+    ((3, 4, 3), 'dpa', 4, 'insertions+deletions')
+    """
+    n_test = None if y is None else len(np.asarray(y))
+    scores = stack_model_outputs(outputs, n_test, layout)
+    return scores, _labels(y, scores.shape[0], scores.shape[2]), _ensemble_meta(scores, scheme, meta.pop("source", "per-model outputs"), meta)
+
+
+def from_models(models: Any, x: Any, y: Any = None, scheme: str = "dpa", batch_size: int = 256, **meta: Any):
+    """(scores, labels, meta) of a list of trained models (torch ``nn.Module`` s or callables returning logits) on ``x``.
+
+    Each model runs in eval mode under ``torch.no_grad`` on its own device, ``batch_size`` test
+    samples at a time. The models must be in the order of the scheme's base models (DPA:
+    partition index).
+    """
+    models = list(models)
+    if not models:
+        raise PoisonCertError("no models were given")
+    outputs = []
+    for i, model in enumerate(models):
+        if not callable(model):
+            raise PoisonCertError(f"models[{i}] is a {type(model).__name__}, not a model; pass torch modules or callables returning logits")
+        outputs.append(_run_model(model, x, batch_size))
+    return from_outputs(outputs, y, "tests,models,classes", scheme, source=meta.pop("source", "a list of models"), **meta)
+
+
+def _run_model(model: Any, x: Any, batch_size: int) -> np.ndarray:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(model, torch.nn.Module):
+        params = list(model.parameters())
+        dev = params[0].device if params else torch.device("cpu")
+        was_training = model.training
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+            for s in range(0, len(xt), batch_size):
+                outs.append(model(xt[s: s + batch_size].to(dev)).float().cpu().numpy())
+        model.train(was_training)
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+    return np.asarray(model(x), dtype=np.float32)
+
+
+def from_art(ensemble: Any, x: Any, y: Any = None, batch_size: int = 128):
+    """(scores, labels, meta) of IBM ART's ``DeepPartitionEnsemble`` on ``x``: scheme DPA, k = its ensemble size.
+
+    ART's ``predict(x, raw=True)`` gives (models, tests, classes); the scores layout is (tests,
+    models, classes). ART's partition of a sample, ``hash_function(x)`` (default
+    ``int(np.sum(x)) % k``, a truncated float sum), depends on the sample alone, so one poison
+    reaches one model: the DPA footprint. The certified prediction is poisoncert's vote (each
+    model's argmax, the smaller class index winning ties), which can differ from ART's own
+    ``predict`` on ties. See :data:`DETERMINISM_CAVEAT`: ART's models are reproducible per
+    partition only if the global torch seed is set before the ensemble is built.
+    """
+    if not (hasattr(ensemble, "predict") and hasattr(ensemble, "ensemble_size")):
+        raise PoisonCertError(f"from_art needs an ART DeepPartitionEnsemble (predict, ensemble_size), got {type(ensemble).__name__}")
+    k = int(ensemble.ensemble_size)
+    raw = np.asarray(ensemble.predict(np.asarray(x), batch_size=batch_size, raw=True))
+    n_test = len(np.asarray(x))
+    if raw.ndim != 3 or raw.shape[:2] != (k, n_test):
+        raise PoisonCertError(f"ART's predict(raw=True) gave shape {raw.shape}, expected (ensemble_size={k}, n_test={n_test}, n_classes)")
+    hash_fn = getattr(ensemble, "hash_function", None)
+    how = "ART default int(np.sum(x)) % k" if getattr(hash_fn, "__name__", "") == "default_hash" else f"custom {getattr(hash_fn, '__name__', 'hash')}"
+    return from_outputs(raw, y, "models,tests,classes", "dpa", k=k, source=f"art.DeepPartitionEnsemble ({how} partitions)")
