@@ -29,6 +29,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/kmeans.smk"
 include: "rules/certify.smk"
+include: "rules/collective.smk"
 include: "rules/report.smk"
 
 
@@ -36,3 +37,4 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        collective_targets(),

@@ -459,3 +459,53 @@ def all_targets():
             for ext in ("png", "pdf")
         ]
     return out
+
+
+# ---------------------------------------------------------------- collective certificates (issue 21)
+
+
+def collective_ensembles():
+    """(exp, k, d, certificate) of every ensemble certified collectively (rules/collective.smk): the
+    experiments with a `collective` key, each of their certificates that has a collective counterpart
+    under the scheme's reach (poisoncert.registry.COLLECTIVE_CERTIFICATES)."""
+    from poisoncert.registry import COLLECTIVE_CERTIFICATES
+
+    out = []
+    for name, exp in config["experiments"].items():
+        if not exp.get("collective"):
+            continue
+        certs = [c for c in exp["certificates"] if c in COLLECTIVE_CERTIFICATES]
+        if not certs:
+            sys.exit(
+                f"poisoncert: invalid config: experiments.{name}.collective: none of its certificates "
+                f"({', '.join(exp['certificates'])}) has a collective certificate; supported: "
+                f"{', '.join(COLLECTIVE_CERTIFICATES)} (docs/collective.md); remove the key"
+            )
+        out += [(name, k, d, c) for k in exp["k"] for d in exp["d"] for c in certs]
+    return out
+
+
+def collective_targets():
+    return [
+        f"results/{e}/k{k}_d{d}/collective/{c}.{ext}"
+        for e, k, d, c in collective_ensembles()
+        for ext in ("csv", "json", "png", "html")
+    ]
+
+
+def collective_budgets(wildcards):
+    return ",".join(str(b) for b in experiment(wildcards)["collective"]["budgets"])
+
+
+def collective_setting(key):
+    """A param function: experiments.<exp>.collective.<key> (schema defaults filled in)."""
+
+    def value(wildcards):
+        return str(experiment(wildcards)["collective"][key])
+
+    return value
+
+
+def collective_title(wildcards):
+    e = experiment(wildcards)
+    return f"{wildcards.exp} ({e['dataset']}, {e['scheme']} k={wildcards.k} d={wildcards.d}): collective {wildcards.cert}"

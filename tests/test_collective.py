@@ -190,7 +190,9 @@ def test_cli_writes_csv_and_json(tmp_path, capsys, scheme, cert):
     write_scores(path, scores, labels, meta)
     out_csv, out_json = tmp_path / "c.csv", tmp_path / "c.json"
     assert _cli(["collective", path, "--certificate", cert, "--budgets", "2,1", "--mode", "unchanged", "--block-size", "4",
-                 "--time-limit", "5", "--out-csv", out_csv, "--out-json", out_json]) == 0
+                 "--time-limit", "5", "--out-csv", out_csv, "--out-json", out_json, "--out-png", tmp_path / "c.png",
+                 "--out-pdf", tmp_path / "c.pdf", "--out-html", tmp_path / "c.html"]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0 and "<table" in (tmp_path / "c.html").read_text()
     df = pd.read_csv(out_csv)
     assert list(df.columns) == ["budget", "certified", "attack_bound", "samplewise", "proven", "seconds"]
     assert df.budget.tolist() == [1, 2]

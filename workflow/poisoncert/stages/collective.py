@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per block (HiGHS); past it the block's dual bound is used")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-json", required=True)
+    p.add_argument("--out-png", default=None, help="figure: sample-wise and collective counts per budget, the attack bound as a band")
+    p.add_argument("--out-pdf", default=None)
+    p.add_argument("--out-html", default=None, help="the per-budget table as HTML (for the report)")
+    p.add_argument("--title", default=None)
 
 
 @contextlib.contextmanager
@@ -83,8 +87,47 @@ def collective_scores(scores: np.ndarray, labels: np.ndarray, meta: dict[str, An
     return results, header
 
 
+def table(summary: dict[str, Any]):
+    """The per-budget table of a summary: counts, fractions of the test set, gain over sample-wise, gap to the attack."""
+    import pandas as pd
+
+    rows = [{"budget": b["budget"], "sample-wise": b["samplewise"], "collective certified": b["certified"],
+             "gain": b["certified"] - b["samplewise"], "attack bound": b["attack_bound"], "gap": b["attack_bound"] - b["certified"],
+             "certified fraction": round(b["certified_fraction"], 4), "proven": b["proven"], "seconds": b["seconds"]}
+            for b in summary["budgets"]]
+    return pd.DataFrame(rows)
+
+
+def plot(summary: dict[str, Any], title: str, png: str, pdf: str) -> None:
+    """Sample-wise and collective certified fraction against the budget; the attack bound as a band above the latter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import _save
+
+    b = summary["budgets"]
+    r = [x["budget"] for x in b]
+    cert = [x["certified_fraction"] for x in b]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(r, [x["samplewise_fraction"] for x in b], "o--", color="tab:gray", label="sample-wise certificate")
+    ax.plot(r, cert, "o-", color="tab:blue", label="collective certificate (proved)")
+    ax.fill_between(r, cert, [x["attack_fraction"] for x in b], color="tab:red", alpha=0.2, step=None,
+                    label="up to the best attack found")
+    what = "certified accuracy" if summary["mode"] == "accuracy" else "predictions certified unchanged"
+    ax.set_xlabel(f"attack budget r ({summary['unit']})")
+    ax.set_ylabel(f"{what} (fraction of {summary['n_test']})")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+
+
 def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, block_size: int, time_limit: float,
-                   out_csv: str, out_json: str) -> dict[str, Any]:
+                   out_csv: str, out_json: str, out_png: str | None = None, out_pdf: str | None = None,
+                   out_html: str | None = None, title: str | None = None) -> dict[str, Any]:
     """Certify a scores file collectively; write the per-budget CSV and the JSON summary."""
     import pandas as pd
 
@@ -121,6 +164,13 @@ def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, b
     except BaseException:
         Path(out_csv).unlink(missing_ok=True)  # no half of a result left looking complete
         raise
+    title = title or f"{Path(scores_file).parent.name}: collective {name} ({mode})"
+    if out_png or out_pdf:
+        if not (out_png and out_pdf):
+            raise PoisonCertError("--out-png and --out-pdf go together")
+        plot(summary, title, out_png, out_pdf)
+    if out_html:
+        atomic_write_text(out_html, f"<h3>{title}</h3>\n" + table(summary).to_html(index=False))
     for row in rows:
         print(f"collective {name} ({mode}) r={row['budget']}: certified {row['certified']}, attack bound {row['attack_bound']}, "
               f"sample-wise {row['samplewise']}, proven {row['proven']}, {row['seconds']:.1f} s")
@@ -128,4 +178,5 @@ def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, b
 
 
 def main(args: argparse.Namespace) -> None:
-    run_collective(args.scores, args.certificate, args.budgets, args.mode, args.block_size, args.time_limit, args.out_csv, args.out_json)
+    run_collective(args.scores, args.certificate, args.budgets, args.mode, args.block_size, args.time_limit, args.out_csv, args.out_json,
+                   args.out_png, args.out_pdf, args.out_html, args.title)
