@@ -90,3 +90,91 @@ def test_hostile_data_root_is_not_executed(dry_run):
     assert proc.returncode != 0
     log = (workdir / "results/logs/prepare/mnist.log").read_text().strip().splitlines()
     assert len(log) == 1 and log[0].startswith("poisoncert: error:") and "my data/$(touch" in log[0], log
+
+
+# ---- sizes: bounded by the schema, or refused at validation with one line ----------------------
+
+from poisoncert.config import load_schema, validate_config  # noqa: E402
+from poisoncert.errors import PoisonCertError  # noqa: E402
+from poisoncert.limits import MAX_MODELS, MAX_TRAIN_JOBS  # noqa: E402
+
+
+def _integer_fields(node, path="") -> list[tuple[str, dict]]:
+    """Every integer-typed schema node (properties, items, $defs), with where it is."""
+    out = []
+    if isinstance(node, dict):
+        types = node.get("type")
+        types = types if isinstance(types, list) else [types]
+        if "integer" in types:
+            out.append((path, node))
+        for key, sub in node.items():
+            if key in ("properties", "$defs"):
+                for name, child in sub.items():
+                    out += _integer_fields(child, f"{path}.{name}")
+            elif key in ("items", "additionalProperties"):
+                out += _integer_fields(sub, f"{path}[]")
+    return out
+
+
+def test_every_integer_field_has_an_upper_bound():
+    fields = _integer_fields(load_schema())
+    assert len(fields) > 40
+    unbounded = [path for path, node in fields if "maximum" not in node and "exclusiveMaximum" not in node]
+    assert unbounded == []
+    for path, node in _integer_fields(load_schema()):
+        if path.endswith("[]") and path.rsplit(".", 1)[-1] in ("radii[]", "k[]", "d[]"):
+            continue
+
+
+def _digits(**exp) -> dict:
+    return {"experiments": {"e": {"dataset": "digits", "scheme": "dpa", "k": [3], **exp}}}
+
+
+@pytest.mark.parametrize("config, key", [
+    (_digits(train={"group_size": 100000}), "experiments.e.train.group_size"),  # was: OOM-killed, empty log
+    (_digits(train={"batch_size": 100000000}), "experiments.e.train.batch_size"),  # was: OOM-killed
+    (_digits(train={"batch_size": 5000}), "experiments.e.train.batch_size"),  # more than digits' 1,437 training images
+    ({**_digits(), "radii": [0, 1000000000]}, "radii[1]"),  # was: certify allocated 7.45 GiB
+    ({"experiments": {"e": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 100000000}}}, "experiments.e.n_models"),
+    ({"experiments": {"e": {"dataset": "mnist", "scheme": "dpa_star", "k": [1000], "d": [1000]}}}, "experiments.e.k x d"),
+    ({"experiments": {"e": {"dataset": "mnist", "scheme": "bagging", "k": [50000], "n_models": 50000}}}, "experiments.e.n_models"),
+    ({"shard_size": 1, "experiments": {"e": {"dataset": "mnist", "scheme": "dpa", "k": [50000, 60000]}}}, "config: 110000 train jobs"),
+    (_digits(epochs=1, learner="frozen", extractor={"batch_size": 100000}), None),  # unknown key 'epochs' first: any one line
+    ({"experiments": {"e": {"dataset": "digits", "scheme": "ssdpa", "learner": "rotnet", "k": [3], "extractor": {"batch_size": 2000}}}},
+     "experiments.e.extractor.batch_size"),
+    ({"experiments": {"e": {"dataset": "digits", "scheme": "bagging", "k": [30], "clean_count": 5000, "certificates": ["random_selection"]}}},
+     "experiments.e.clean_count"),
+    ({**_digits(), "shard_size": 10**9}, "shard_size"),
+    (_digits(seed_base=2**63), "experiments.e.seed_base"),
+    (_digits(poison_check=10**9), "experiments.e.poison_check"),
+])
+def test_sizes_are_refused_with_one_line(config, key):
+    with pytest.raises(PoisonCertError) as info:
+        validate_config(config)
+    message = str(info.value)
+    assert "\n" not in message
+    if key is not None:
+        assert (f"config key {key}" in message) or message.startswith(key), message
+
+
+def test_the_papers_sizes_stay_allowed(repo_root):
+    """The bounds sit above every shipped config (FA k = 1200, d = 32: 38,400 models in one ensemble)."""
+    sizes = []
+    for path in [repo_root / "config.yaml", *sorted((repo_root / "config").rglob("*.yaml"))]:
+        cfg = validate_config(yaml.safe_load(path.read_text()))
+        sizes.append(max(len(cfg["experiments"]), 1))
+    assert sizes and MAX_MODELS >= 38_400 and MAX_TRAIN_JOBS >= 68_400
+
+
+def test_huge_n_models_stops_snakemake_dry_run_at_once(tmp_path, snakemake):
+    """n_models: 1e8 made `snakemake -n` grow past 8 GB; now one line before the DAG is built."""
+    import resource
+
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(yaml.safe_dump({"experiments": {"e": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 100000000}}}))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", cfg, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("poisoncert")]
+    assert lines == ["poisoncert: invalid config: config key experiments.e.n_models: 100000000 is greater than the maximum of 100000 "
+                     "(Number of base models T (N in Jia et al)"], proc.stderr[-2000:]
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 4 * 2**20  # kB: well under 4 GB

@@ -246,6 +246,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                         f"config key experiments.{name}.k: {what}={n_split} is larger than the {exp['dataset']} training set "
                         f"({n_train} samples); choose {what} <= {n_train}"
                     )
+    from .limits import check_sizes
+
+    check_sizes(cfg)  # sizes that depend on several keys (models per ensemble, padded batches, DAG size)
     return cfg
 
 
