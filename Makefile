@@ -8,7 +8,7 @@ FASHION_MNIST = /usr/share/datasets/fashion-mnist
 .PHONY: install data browser run test test-fast bench
 
 install: data
-	$(PIP_INSTALL) -e '.[dev,slurm]'
+	$(PIP_INSTALL) -e '.[dev,slurm,art]'
 
 # Real, full-size data for every machine: Debian's dataset-fashion-mnist (30 MB, 60,000/10,000 images).
 # Installed when this runs as root with apt-get; otherwise the line says how.

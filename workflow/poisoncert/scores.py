@@ -343,6 +343,9 @@ def _ensemble_meta(scores: np.ndarray, scheme: str, source: str, extra: dict[str
     meta.setdefault("k", scores.shape[1] // int(meta.get("d") or 1))
     meta.update({"scheme": rec.name, "learner": meta.get("learner", "supervised"), "source": source})
     registry.check_layout(rec.name, scores, meta)
+    missing = sorted({key for c in rec.certificates for key in registry.certificate(c).needs if meta.get(key) is None})
+    if missing:
+        raise PoisonCertError(f"a '{rec.name}' ensemble's certificates need {', '.join(missing)}; pass them (e.g. offsets=[...] for FA's spread)")
     threat = registry.ensemble_threat(meta)
     meta.update({"footprint": threat["footprint"], "unit": threat["unit"], "determinism": DETERMINISM_CAVEAT})
     return check_meta(meta)
