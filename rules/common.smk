@@ -8,10 +8,10 @@ import shlex
 import sys
 
 try:
-    from poisoncert import registry
-    from poisoncert.config import ensembles, validate_config
+    from poisoncert import paths, registry
+    from poisoncert.config import LATER_TRAIN_DEFAULTS, ensembles, validate_config
     from poisoncert.errors import PoisonCertError
-    from poisoncert.stages.aggregate import LATER_TRAIN_DEFAULTS
+    from poisoncert.figures import FIGURES
     from poisoncert.papers import PAPER_RESULTS
 except ImportError as _exc:
     sys.exit(
@@ -227,42 +227,17 @@ def experiment_benchmarks(wildcards):
     return train_benchmarks(wildcards.exp) + certify_benchmarks(wildcards.exp)
 
 
-def fa_gain_summaries(wildcards):
-    """The FA certificate summaries with d > 1 of experiment {exp} (rule fa_gain, FA Fig. 4)."""
-    exp = experiment(wildcards)
-    return [
-        f"{ensemble_dir(wildcards.exp, k, d)}/certificates/fa.json"
-        for k in exp["k"]
-        for d in exp["d"]
-        if d != 1
-    ]
-
-
-def roe_methods_summaries(wildcards):
-    """The summaries at k = {k} of the dpa, fa and dpa_star experiments on {dataset} (rule roe_methods)."""
-    k = int(wildcards.k)
-    return [
-        f"{ensemble_dir(name, k, d)}/certificates/{cert}.json"
-        for name in experiments_on(wildcards.dataset)
-        if config["experiments"][name]["scheme"] in ROE_FIGURE_SCHEMES
-        and k in config["experiments"][name]["k"]
-        for d in config["experiments"][name]["d"]
-        for cert in config["experiments"][name]["certificates"]
-    ]
-
-
 def all_summaries(wildcards):
     """Every certificate summary of the config (rule paper_table)."""
     return [f for name in config["experiments"] for f in certificate_summaries(name)]
 
 
 def ensemble_dir(exp, k, d):
-    return f"results/{exp}/k{k}_d{d}"
+    return paths.ensemble_dir(exp, k, d)
 
 
 def n_shards(n_models):
-    size = config["shard_size"]
-    return (n_models + size - 1) // size
+    return paths.n_shards(n_models, config["shard_size"])
 
 
 def extractor_input(wildcards):
@@ -298,39 +273,19 @@ def shard_files(wildcards):
     ]
 
 
+@functools.lru_cache(maxsize=None)
 def certificate_summaries(exp_name):
-    exp = config["experiments"][exp_name]
-    return [
-        f"{ensemble_dir(exp_name, k, d)}/certificates/{cert}.json"
-        for k in exp["k"]
-        for d in exp["d"]
-        for cert in exp["certificates"]
-    ]
+    return paths.certificate_summaries(config, exp_name)
 
 
+@functools.lru_cache(maxsize=None)
 def train_benchmarks(exp_name):
     """Benchmark files of every train job of an experiment (none for a scheme that does not train)."""
-    from poisoncert.partition import n_models
-
-    exp = config["experiments"][exp_name]
-    if not registry.scheme(exp["scheme"]).trains:
-        return []
-    return [
-        f"results/benchmarks/train/{exp_name}/k{k}_d{d}/shard{s}.tsv"
-        for k in exp["k"]
-        for d in exp["d"]
-        for s in range(n_shards(n_models(exp["scheme"], k, d, exp["n_models"])))
-    ]
+    return paths.train_benchmarks(config, exp_name)
 
 
 def certify_benchmarks(exp_name):
-    exp = config["experiments"][exp_name]
-    return [
-        f"results/benchmarks/certify/{exp_name}/k{k}_d{d}/{cert}.tsv"
-        for k in exp["k"]
-        for d in exp["d"]
-        for cert in exp["certificates"]
-    ]
+    return paths.certify_benchmarks(config, exp_name)
 
 
 def selection_args(exp):
@@ -353,112 +308,54 @@ def radii_arg():
 
 
 def experiments_on(dataset):
-    return [
-        name for name, exp in config["experiments"].items() if exp["dataset"] == dataset
-    ]
+    return paths.experiments_on(config, dataset)
 
 
-def has_improvement(exp):
-    """Whether the experiment has a (method, DPA baseline) pair (see poisoncert.report.improvement_pairs)."""
-    certs = set(exp["certificates"])
-    if any(registry.certificate(c).baseline in certs for c in certs):
-        return True
-    return "fa" in certs and 1 in exp["d"] and (len(exp["d"]) > 1 or "fa_roe" in certs)
+def figure_inputs(figure):
+    """The input function of figure record {figure}'s rule: its files by role."""
+
+    def inputs(wildcards):
+        return figure.inputs(config, dict(wildcards.items()))
+
+    return inputs
 
 
-#: The schemes of ROE Figs. 2-3's six methods (see poisoncert.report.roe_method_curves).
-ROE_FIGURE_SCHEMES = {
-    "dpa": {"dpa", "dpa_roe"},
-    "fa": {"fa", "fa_roe"},
-    "dpa_star": {"dpa", "dpa_star_roe"},
-}
+def figure_outputs(figure):
+    """Figure record {figure}'s output files by format; the first is shown in `snakemake --report`."""
+    out = {}
+    for i, fmt in enumerate(figure.formats):
+        path = f"{figure.output}.{fmt}"
+        if i == 0:
+            path = report(
+                path,
+                caption=f"../workflow/report/{figure.caption}",
+                category=figure.category,
+                subcategory=figure.subcategory,
+                labels={"result": figure.label},
+            )
+        out[fmt] = path
+    return out
 
 
-def roe_figure_ks(dataset):
-    """The k at which the dataset has all six methods of ROE Figs. 2-3, one experiment each: a dpa
-    ensemble (dpa, dpa_roe), an fa one with d = 1 (the FA methods' DPA baseline) and a d > 1 (fa,
-    fa_roe), a dpa_star one (dpa, dpa_star_roe), all with the supervised learner."""
-    found = {}
-    for name in experiments_on(dataset):
-        exp = config["experiments"][name]
-        need = ROE_FIGURE_SCHEMES.get(exp["scheme"])
-        if (
-            need is None
-            or exp["learner"] != "supervised"
-            or not need <= set(exp["certificates"])
-        ):
-            continue
-        if exp["scheme"] == "fa" and not (1 in exp["d"] and max(exp["d"]) > 1):
-            continue
-        for k in exp["k"]:
-            found.setdefault(k, []).append(exp["scheme"])
-    return sorted(
-        k
-        for k, schemes in found.items()
-        if sorted(schemes) == sorted(ROE_FIGURE_SCHEMES)
-    )
+def figure_args(figure):
+    """The `poisoncert figure` arguments of a job of figure record {figure}: inputs, outputs, wildcards."""
+
+    def args(wildcards, output):
+        words = [figure.name]
+        for role, files in figure.inputs(config, dict(wildcards.items())).items():
+            words += [w for f in files for w in ("--in", f"{role}={f}")]
+        words += [
+            w for fmt in figure.formats for w in ("--out", f"{fmt}={output[fmt]}")
+        ]
+        words += [w for key, v in wildcards.items() for w in ("--set", f"{key}={v}")]
+        return shlex.join(words)
+
+    return args
 
 
 def all_targets():
-    figures = (
-        "table.csv",
-        "table.md",
-        "table.html",
-        "certified_accuracy.png",
-        "certified_accuracy.pdf",
-    )
-    out = []
-    for name, exp in config["experiments"].items():
-        out += [f"results/{name}/report/{f}" for f in figures]
-        if exp["poison_check"]:
-            out += [
-                f"{ensemble_dir(name, k, d)}/poison_check.json"
-                for k in exp["k"]
-                for d in exp["d"]
-            ]
-    out += [
-        f"results/paper_tables/{t}.{ext}"
-        for t in config["paper_tables"]
-        for ext in ("csv", "md", "html")
-    ]
-    out += [
-        f"results/{name}/report/improvement_over_dpa.{ext}"
-        for name, exp in config["experiments"].items()
-        if has_improvement(exp)
-        for ext in ("png", "pdf")
-    ]
-    for name, exp in config["experiments"].items():
-        if exp["scheme"] == "fa" and "fa" in exp["certificates"] and max(exp["d"]) > 1:
-            out += [
-                f"results/{name}/report/fa_theorem2_vs_dpa.{ext}"
-                for ext in ("png", "pdf")
-            ]
-        if exp["scheme"] == "binomial":
-            out += [
-                f"results/{name}/report/selection_sizes_k{k}_d{d}.{ext}"
-                for k in exp["k"]
-                for d in exp["d"]
-                for ext in ("png", "pdf", "csv")
-            ]
-        if "bagging" in exp["certificates"]:
-            out += [
-                f"results/{name}/report/running_time.{ext}"
-                for ext in ("png", "pdf", "csv")
-            ]
-    out += [
-        "results/figures/chen_fig2_delta.png",
-        "results/figures/chen_fig2_delta.pdf",
-    ]
-    datasets = sorted({exp["dataset"] for exp in config["experiments"].values()})
-    for ds in datasets:
-        if len(experiments_on(ds)) > 1:
-            out += [f"results/compare/{ds}/{f}" for f in figures]
-        out += [
-            f"results/compare/{ds}/roe_methods_k{k}.{ext}"
-            for k in roe_figure_ks(ds)
-            for ext in ("png", "pdf")
-        ]
-    return out
+    """The default targets, from poisoncert.paths.all_targets (the figures from their records)."""
+    return paths.all_targets(config)
 
 
 # ---------------------------------------------------------------- collective certificates (issue 21)

@@ -140,11 +140,11 @@ def _verbs(inputs, out: Path) -> dict[str, list[str]]:
         "certify": _certify_args(inputs, out),
         "report": ["report", str(summary), "--out-csv", str(out / "t.csv"), "--out-md", str(out / "t.md"),
                    "--out-png", str(out / "f.png"), "--out-pdf", str(out / "f.pdf")],
-        "delta-figure": ["delta-figure", "--out-png", str(out / "f.png"), "--out-pdf", str(out / "f.pdf"), "--out-csv", str(out / "f.csv")],
+        "figure": ["figure", "delta_figure", "--out", f"png={out / 'f.png'}", "--out", f"pdf={out / 'f.pdf'}", "--out", f"csv={out / 'f.csv'}"],
     }
 
 
-@pytest.mark.parametrize("verb", ["prepare", "partition", "aggregate", "certify", "report", "delta-figure"])
+@pytest.mark.parametrize("verb", ["prepare", "partition", "aggregate", "certify", "report", "figure"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EROFS])
 def test_every_writing_stage_refused_write(inputs, tmp_path, monkeypatch, capsys, verb, code):
     args = _verbs(inputs, tmp_path / "out")[verb]

@@ -162,7 +162,7 @@ def test_running_time_figure(tmp_path):
 def test_selection_sizes_stage_is_chen_fig5(tmp_path):
     from poisoncert.partition import make_selections, save_partitions
     from poisoncert.scores import write_scores
-    from poisoncert.stages.selection_sizes import selection_sizes
+    from poisoncert.figures import selection_sizes
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(300, 1, 4, 4), dtype=np.uint8)

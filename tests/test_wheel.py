@@ -98,6 +98,6 @@ def test_wheel_install_validates_and_runs_the_workflow(venv: Path, repo_root: Pa
     (work / "tables.yaml").write_text(yaml.safe_dump(cfg))
     dry = _run(snakemake + ["results/paper_tables/dpa_table1.csv", "-n", "--configfile", "tables.yaml"], work, venv)
     assert f"{venv}" in dry.stdout and "dpa_table1.csv" in dry.stdout, dry.stdout[-3000:]
-    # one real job: the rule's `poisoncert delta-figure` resolves to the venv's script
+    # one real job: the rule's `poisoncert figure delta_figure` resolves to the venv's script
     _run(snakemake + ["results/figures/chen_fig2_delta.csv"], work, venv)
     assert (work / "results" / "figures" / "chen_fig2_delta.png").stat().st_size > 0

@@ -96,7 +96,7 @@ def _contents(images: np.ndarray, labels: np.ndarray, members: np.ndarray) -> by
 
 def training_sets(scheme: str, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> Partitions:
     """Every base model's training set of a deterministic scheme, rebuilt from (possibly poisoned) data."""
-    k = len(labels) if scheme == "binary_kmeans" else int(meta["k"])
+    k = len(labels) if registry.scheme(scheme).k_is_m else int(meta["k"])
     seeds = meta.get("seeds") or [0]
     return make_partitions(images, labels, scheme, k, int(meta.get("d") or 1), meta.get("offsets") or None,
                            bool(meta.get("same_seed", False)), int(seeds[0]))
@@ -104,12 +104,12 @@ def training_sets(scheme: str, images: np.ndarray, labels: np.ndarray, meta: dic
 
 def _bucket_models(scheme: str, k: int, d: int, offsets: list[int]) -> list[list[int]]:
     """For each insertion bucket (pixel sum mod n_buckets), the base models a poison in it reaches."""
-    if scheme == "fa":
-        kd = k * d
-        return [[(b + r) % kd for r in offsets] for b in range(kd)]
-    if scheme == "dpa_star":
-        return [[b * d + s for s in range(d)] for b in range(k)]
-    return [[b] for b in range(k)]
+    rec = registry.scheme(scheme)
+    n_buckets = rec.n_split(k, d)
+    if rec.offsets:  # FA: split bucket j reaches the d models (j + r) mod kd, r in R
+        return [[(b + r) % n_buckets for r in offsets] for b in range(n_buckets)]
+    per = rec.n_models(k, d) // n_buckets  # DPA: one model; DPA*: the d seeds of one partition
+    return [[b * per + s for s in range(per)] for b in range(n_buckets)]
 
 
 def _weight(model_votes: np.ndarray, prediction: int, target: int) -> np.ndarray:
@@ -205,7 +205,7 @@ def poison_check(
         if attack == "insert":
             x, y = _insert_attack(ds, j, radius, target, prediction, model_votes_all[j], clean, scheme.name, meta)
         else:
-            x, y = _flip_attack(ds, j, radius, target, prediction, model_votes_all[j], clean, threat["learner"] == "binary_kmeans")
+            x, y = _flip_attack(ds, j, radius, target, prediction, model_votes_all[j], clean, registry.learner(threat["learner"]).votes_off_cluster)
         poisoned = training_sets(scheme.name, x, y, meta)
         changed = [m for m in range(clean.n_models) if _contents(ds.train_images, ds.train_labels, clean.members(m)) != _contents(x, y, poisoned.members(m))]
         retrain = list(changed)

@@ -152,23 +152,25 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if name in RESERVED_NAMES:
             raise PoisonCertError(f"config key experiments.{name}: '{name}' is a folder results/ uses itself ({', '.join(RESERVED_NAMES)}); rename the experiment")
         scheme = exp["scheme"]
+        rec = registry.scheme(scheme)
         n_classes = registry.dataset(exp["dataset"]).n_classes
         bad_classes = [c for c in exp["clean_classes"] if c >= n_classes]
         if bad_classes:
             raise PoisonCertError(f"config key experiments.{name}.clean_classes: {bad_classes} are not classes of {exp['dataset']} (0..{n_classes - 1})")
-        if scheme == "binary_kmeans":
+        if rec.k_is_m:
             # DPA App. B: one labelled sample per base classifier, so k = m (the training-set size)
             m = registry.dataset(exp["dataset"]).n_train
             if exp["k"] not in (None, [m]):
                 raise PoisonCertError(
-                    f"config key experiments.{name}.k: scheme 'binary_kmeans' has k = m = {m} (the {exp['dataset']} training set, "
+                    f"config key experiments.{name}.k: scheme '{scheme}' has k = m = {m} (the {exp['dataset']} training set, "
                     "one labelled sample per base classifier, DPA App. B); leave k out"
                 )
-            if registry.dataset(exp["dataset"]).n_classes != 2:
-                raise PoisonCertError(f"config key experiments.{name}.dataset: scheme 'binary_kmeans' needs a binary dataset (digits17, mnist17), not '{exp['dataset']}'")
             exp["k"] = [m]
         elif exp["k"] is None:
             raise PoisonCertError(f"config key experiments.{name}.k: required for scheme '{scheme}' (a list of partition counts / selection sizes)")
+        if rec.n_classes is not None and n_classes != rec.n_classes:
+            fits = ", ".join(n for n, ds in registry.DATASETS.items() if ds.n_classes == rec.n_classes)
+            raise PoisonCertError(f"config key experiments.{name}.dataset: scheme '{scheme}' needs a {'binary' if rec.n_classes == 2 else f'{rec.n_classes}-class'} dataset ({fits}), not '{exp['dataset']}'")
         allowed = tuple(registry.scheme(scheme).certificates)
         if exp.get("certificates") is None:
             exp["certificates"] = [allowed[0]]
@@ -177,10 +179,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise PoisonCertError(
                 f"config key experiments.{name}.certificates: {', '.join(bad)} cannot certify a '{scheme}' ensemble; allowed: {', '.join(allowed)}"
             )
-        if scheme in ("dpa", "ssdpa", "binary_kmeans") and exp["d"] != [1]:
+        if not rec.uses_d and not rec.selection and exp["d"] != [1]:
             raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1] (or scheme fa / dpa_star)")
         if exp["offsets"] is not None:
-            if scheme != "fa" or len(exp["d"]) != 1:
+            if not rec.offsets or len(exp["d"]) != 1:
                 raise PoisonCertError(f"config key experiments.{name}.offsets: offsets are for scheme 'fa' with a single d")
             from .partition import check_offsets
 
@@ -191,10 +193,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     raise PoisonCertError(f"config key experiments.{name}.offsets (k={k}): {exc}") from None
         if exp["poison_check"] and (registry.scheme(scheme).attack is None or not registry.learner(exp["learner"]).poison_checked):
             attackable = [n for n, s in registry.SCHEMES.items() if s.attack]
-            learners = [n for n, lr in registry.LEARNERS.items() if lr.poison_checked and n != "binary_kmeans"]
+            checked = [lr for lr in registry.LEARNERS.values() if lr.poison_checked]
+            learners = [lr.name for lr in checked if any(registry.scheme(s).trains for s in lr.schemes)]
+            own = [lr.name for lr in checked if lr.name not in learners]  # App. B: the scheme's own closed-form learner
             raise PoisonCertError(
                 f"config key experiments.{name}.poison_check: the poison check attacks the deterministic schemes ({', '.join(attackable)}) "
-                f"with the learners {', '.join(learners)} (binary_kmeans: its own)"
+                f"with the learners {', '.join(learners)} ({', '.join(own)}: its own)"
             )
         if exp["poison_check"] and registry.dataset(exp["dataset"]).hashes_source_images:
             raise PoisonCertError(
@@ -232,16 +236,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if scheme in SELECTION_SCHEMES:
             if exp["d"] != [1]:
                 raise PoisonCertError(f"config key experiments.{name}.d: scheme '{scheme}' has no d; use d: [1]")
-            if "bagging" in exp["certificates"] and (exp["clean_classes"] or exp["clean_count"]):
+            no_clean = [c for c in exp["certificates"] if not registry.certificate(c).known_clean]
+            if no_clean and (exp["clean_classes"] or exp["clean_count"]):
                 raise PoisonCertError(
                     f"config key experiments.{name}.certificates: Jia's bagging certificate has no known-clean part; use random_selection with clean_classes/clean_count"
                 )
         n_train = registry.dataset(exp["dataset"]).n_train
         for k in exp["k"]:
             for d in exp["d"]:
-                n_split = k * d if scheme == "fa" else k
-                if n_split > n_train and scheme != "bagging":
-                    what = "k*d" if scheme == "fa" else "k"
+                n_split = rec.n_split(k, d)
+                if n_split > n_train and not rec.with_replacement:
+                    what = "k*d" if rec.buckets == "kd" else "k"
                     raise PoisonCertError(
                         f"config key experiments.{name}.k: {what}={n_split} is larger than the {exp['dataset']} training set "
                         f"({n_train} samples); choose {what} <= {n_train}"
@@ -250,6 +255,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     check_sizes(cfg)  # sizes that depend on several keys (models per ensemble, padded batches, DAG size)
     return cfg
+
+
+#: Training options added after results existed, at the value that reproduces the old behaviour
+#: (a shard written before ``TrainConfig.augment`` trained exactly as ``augment: none``): the
+#: rules leave them out of a job's config at that value (no rerun), aggregate fills them in.
+LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": "none"}
 
 
 def ensembles(cfg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -51,6 +51,7 @@ from .certify.fa import check_offsets, default_fa_offsets
 from .data import atomic_savez, canonical_order, load_npz, row_keys
 from . import registry as _registry
 from .errors import PoisonCertError
+from .splits import pixel_sum_hash, sorted_index
 
 __all__ = [
     "Partitions",
@@ -102,12 +103,6 @@ class Partitions:
         return {"scheme": self.scheme, "k": self.k, "d": self.d, "offsets": list(map(int, self.offsets)), "n_models": self.n_models, **self.extra}
 
 
-def pixel_sum_hash(images: np.ndarray) -> np.ndarray:
-    """h(t) = sum of the uint8 pixel values of the image (DPA paper Section 2.2, FA reference)."""
-    n = len(images)
-    return images.reshape(n, -1).sum(axis=1, dtype=np.int64)
-
-
 def byte_hash(rows: np.ndarray) -> np.ndarray:
     """h(t) for samples of any dtype and shape: a hash of each sample's bytes (BLAKE2b, 63 bits).
 
@@ -136,15 +131,6 @@ def byte_hash(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def sorted_index(images: np.ndarray) -> np.ndarray:
-    """index(T_sorted, sample(t)): rank of each image among the sorted *unique* unlabeled images (DPA eq. 6-7).
-
-    Identical images share one index, so they share a partition whatever their labels.
-    """
-    _, inverse = np.unique(row_keys(images), return_inverse=True)
-    return inverse.astype(np.int64).ravel()
-
-
 def n_models(scheme: str, k: int, d: int, t: int | None = None) -> int:
     """Number of base models the scheme trains (known from the config alone; ``t`` = T for selection)."""
     return _registry.scheme(scheme).n_models(k, d, t)
@@ -155,15 +141,6 @@ def _csr(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     bounds[1:] = np.cumsum([len(g) for g in groups])
     indices = np.concatenate(groups).astype(np.int64) if groups else np.zeros(0, np.int64)
     return indices, bounds
-
-
-def _groups_by_bucket(bucket: np.ndarray, n_buckets: int, order: np.ndarray) -> list[np.ndarray]:
-    """For each bucket, the sample indices in canonical order (``order`` = canonical permutation)."""
-    b = bucket[order]
-    sorted_by_bucket = np.argsort(b, kind="stable")  # keeps canonical order inside each bucket
-    members = order[sorted_by_bucket]
-    cuts = np.searchsorted(b[sorted_by_bucket], np.arange(n_buckets + 1))
-    return [members[cuts[i] : cuts[i + 1]] for i in range(n_buckets)]
 
 
 def clean_mask(labels: np.ndarray, order: np.ndarray, clean_classes: list[int] | None = None, clean_count: int = 0, seed: int = 0) -> np.ndarray:
@@ -182,15 +159,6 @@ def clean_mask(labels: np.ndarray, order: np.ndarray, clean_classes: list[int] |
             raise PoisonCertError(f"clean count {clean_count} is larger than the training set ({n} samples)")
         mask[order[np.random.default_rng([seed, 0xC1EA]).permutation(n)[:clean_count]]] = True
     return mask
-
-
-def _select(rng: np.random.Generator, scheme: str, n_p: int, n_s: int) -> np.ndarray:
-    """Positions (into D^p) of one random selection."""
-    if scheme == "bagging":
-        return np.sort(rng.integers(0, n_p, size=n_s))
-    if scheme == "bagging_wor":
-        return np.sort(rng.choice(n_p, size=n_s, replace=False))
-    return np.flatnonzero(rng.random(n_p) < n_s / n_p)  # binomial
 
 
 def _balance(rng: np.random.Generator, idx: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
@@ -234,10 +202,11 @@ def make_selections(
     d_p = order[~clean[order]]  # D^p in canonical order
     d_c = order[clean[order]]
     n_p = len(d_p)
-    if subsample_size < 1 or (scheme != "bagging" and subsample_size > n_p):
+    rec = _registry.scheme(scheme)
+    if subsample_size < 1 or (not rec.with_replacement and subsample_size > n_p):
         raise PoisonCertError(
             f"selection size k={subsample_size} must lie in [1, {n_p}] (the potentially poisoned part of the training set)"
-            if scheme != "bagging" else f"selection size k must be >= 1, got {subsample_size}"
+            if not rec.with_replacement else f"selection size k must be >= 1, got {subsample_size}"
         )
     if n_p == 0:
         raise PoisonCertError("every training sample is in the known-clean part; nothing is left to select from")
@@ -245,7 +214,7 @@ def make_selections(
     drawn = []  # |S_i|: samples drawn from D^p (before D^c is added and before BALANCE), Chen Fig. 5
     for m in range(n_models):
         rng = np.random.default_rng([seed_base, m, _SELECTION_TAG])
-        picked = _select(rng, scheme, n_p, subsample_size)
+        picked = rec.select(rng, n_p, subsample_size)
         drawn.append(int(len(picked)))
         idx = np.concatenate([d_p[picked], d_c])
         if balance:
@@ -287,34 +256,13 @@ def make_partitions(
     if scheme not in DETERMINISTIC_SCHEMES:
         hint = " (random selection schemes: make_selections)" if scheme in SELECTION_SCHEMES else ""
         raise PoisonCertError(f"unknown scheme '{scheme}'; choose one of {', '.join(SCHEMES)}{hint}")
-    n_split = k * d if scheme == "fa" else k
+    rec = _registry.scheme(scheme)
+    n_split = rec.n_split(k, d)
     if n_split > n:
-        what = "k*d" if scheme == "fa" else "k"
+        what = "k*d" if rec.buckets == "kd" else "k"
         raise PoisonCertError(f"{what}={n_split} is larger than the training set ({n} samples); choose {what} <= {n}")
     order = canonical_order(images, labels)
-    used_offsets: list[int] = []
-    if scheme in ("dpa", "dpa_star"):
-        groups = _groups_by_bucket(h % k, k, order)
-        if scheme == "dpa_star":
-            groups = [g for g in groups for _ in range(d)]
-    elif scheme == "ssdpa":
-        groups = _groups_by_bucket(sorted_index(images) % k, k, order)
-    elif scheme == "binary_kmeans":
-        # DPA App. B: base classifier i owns the i-th training sample in canonical order (k = m)
-        if k != n:
-            raise PoisonCertError(f"binary_kmeans has k = m: one base classifier per training sample ({n}), got k={k}")
-        groups = [order[i : i + 1] for i in range(n)]
-    else:  # fa
-        kd = k * d
-        used_offsets = check_offsets(offsets, k, d).tolist()
-        buckets = _groups_by_bucket(h % kd, kd, order)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        groups = []
-        for i in range(kd):
-            # model i <- buckets j with (j + r) mod kd == i, i.e. j = (i - r) mod kd
-            idx = np.concatenate([buckets[(i - r) % kd] for r in used_offsets])
-            groups.append(idx[np.argsort(rank[idx], kind="stable")])
+    groups, used_offsets = rec.partition(h, images, order, k, d, offsets)  # the scheme's own rule (poisoncert.splits)
     indices, bounds = _csr(groups)
     m = len(groups)
     seeds = np.full(m, seed_base, dtype=np.int64) if same_seed else seed_base + np.arange(m, dtype=np.int64)

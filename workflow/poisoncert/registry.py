@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import certify
+from . import certify, splits
 from .errors import PoisonCertError
 
 __all__ = [
@@ -206,7 +206,8 @@ class CertificateRecord:
     (:meth:`Scheme.view`); ``needs`` are the metadata keys it reads; ``unit`` is fixed for the
     stochastic certificates and ``None`` for the deterministic ones, whose unit is the
     ensemble's threat unit (:func:`threat_unit`); ``baseline`` is the certificate of plain DPA
-    voting on the same ensemble, for the improvement figures; ``statistics`` adds a paper's
+    voting on the same ensemble (on the same k with d = 1 when ``baseline_d1``: FA), for the
+    improvement figures; ``statistics`` adds a paper's
     extra numbers to the summary; ``parameters`` are the :data:`PARAMETER_DEFAULTS` keys it reads
     (recorded in the summary: they change its numbers).
     """
@@ -221,6 +222,10 @@ class CertificateRecord:
     baseline: str | None = None
     statistics: Callable[[np.ndarray, np.ndarray, Mapping[str, Any]], dict[str, Any]] | None = None
     parameters: tuple[str, ...] = ()
+    #: the baseline is certificate ``baseline`` on the same k with d = 1 (FA: DPA voting on the k partitions of the split)
+    baseline_d1: bool = False
+    #: the certificate counts a known-clean part D^c in every selection (Jia's bagging has none)
+    known_clean: bool = True
 
     @property
     def deterministic(self) -> bool:
@@ -231,13 +236,15 @@ CERTIFICATES: dict[str, CertificateRecord] = {
     c.name: c
     for c in (
         CertificateRecord("dpa", "DPA", "000, Theorem 1 (Theorem 2 for sorted partitions)", _cert_dpa),
-        CertificateRecord("fa", "FA", "001, Theorem 2", _cert_fa, needs=("k", "d", "offsets"), statistics=_fa_statistics),
+        CertificateRecord("fa", "FA", "001, Theorem 2", _cert_fa, needs=("k", "d", "offsets"), statistics=_fa_statistics,
+                          baseline="fa", baseline_d1=True),
         CertificateRecord("dpa_roe", "DPA+ROE", "003, Theorem 3.4, Lemmas 3.5-3.6", _cert_dpa_roe, aggregation="roe", baseline="dpa"),
-        CertificateRecord("fa_roe", "FA+ROE", "003, Theorem 3.4, Lemmas 3.7-3.8", _cert_fa_roe, needs=("k", "d", "offsets"), aggregation="roe"),
+        CertificateRecord("fa_roe", "FA+ROE", "003, Theorem 3.4, Lemmas 3.7-3.8", _cert_fa_roe, needs=("k", "d", "offsets"), aggregation="roe",
+                          baseline="fa", baseline_d1=True),
         CertificateRecord("dpa_star_roe", "DPA*+ROE", "003, Section 4.1 and Theorem 3.4", _cert_dpa_roe, aggregation="roe", baseline="dpa"),
         CertificateRecord(
             "bagging", "bagging (Jia)", "002, Theorem 1 with SimuEM (eqs. 5-6)", _cert_bagging,
-            needs=("train_size", "k"), unit="modified+deleted+inserted (Jia B(D, r))", parameters=("alpha",),
+            needs=("train_size", "k"), unit="modified+deleted+inserted (Jia B(D, r))", parameters=("alpha",), known_clean=False,
         ),
         CertificateRecord(
             "random_selection", "random selection (Chen)", "004, Theorem 1, Corollaries 1-3", _cert_random_selection,
@@ -277,6 +284,17 @@ class Scheme:
     scheme makes: ``"k"``, ``"kd"`` or ``"T"`` (the ``n_models`` random selections). ``attack``
     is how the poison-and-retrain check attacks it within a radius (``"insert"`` near-copies of
     the target, ``"flip"`` labels), ``None`` for the stochastic schemes.
+
+    Behaviour (:mod:`poisoncert.splits`): ``split(h, images, order, k, d, offsets)`` builds a
+    deterministic scheme's training sets, ``select(rng, n_p, n_s)`` draws one random selection.
+    ``buckets``: the hash splits into k (or ``"kd"``) buckets, each at most the training set;
+    ``with_replacement``: a selection may be larger than the training set; ``k_is_m``: k is the
+    training-set size (App. B); ``n_classes``: the datasets it works on have that many classes;
+    ``offsets``: it takes FA's spread offsets R. Report: ``labelled_as_scheme`` are the
+    certificates whose results carry the scheme's own label (SS-DPA; DPA* = DPA on the
+    seed-averaged partitions); ``roe_methods`` (certificate -> label) are its methods in ROE
+    Figs. 2-3, whose DPA baseline is this scheme's own ensemble with d = 1 when
+    ``roe_baseline_d1`` (FA), else the first ROE method's (plain DPA).
     """
 
     name: str
@@ -289,10 +307,38 @@ class Scheme:
     uses_d: bool = False
     trains: bool = True
     attack: str | None = None
+    split: Callable[..., tuple[list[np.ndarray], list[int]]] | None = None
+    select: Callable[[np.random.Generator, int, int], np.ndarray] | None = None
+    buckets: str = "k"
+    with_replacement: bool = False
+    k_is_m: bool = False
+    n_classes: int | None = None
+    offsets: bool = False
+    labelled_as_scheme: tuple[str, ...] = ()
+    roe_methods: Mapping[str, str] = field(default_factory=dict)
+    roe_baseline_d1: bool = False
+    #: the selection's size is itself random (binomial: Chen Fig. 5 draws the sizes' distribution)
+    random_size: bool = False
 
     @property
     def selection(self) -> bool:
         return self.models == "T"
+
+    def n_split(self, k: int, d: int = 1) -> int:
+        """How many parts the training set is cut into (k, or k*d for FA's split buckets); a
+        selection's size n_s = k. It must not exceed the training set unless ``with_replacement``.
+
+        >>> SCHEMES["fa"].n_split(4, 3), SCHEMES["dpa_star"].n_split(4, 3)
+        (12, 4)
+        """
+        return int(k) * int(d) if self.buckets == "kd" else int(k)
+
+    def partition(self, h: np.ndarray, images: np.ndarray, order: np.ndarray, k: int, d: int = 1,
+                  offsets: list[int] | None = None) -> tuple[list[np.ndarray], list[int]]:
+        """Every base model's members (canonical order) and the spread offsets used (FA), by ``split``."""
+        if self.split is None:
+            raise PoisonCertError(f"scheme '{self.name}' draws random selections (make_selections), it does not partition")
+        return self.split(h, images, order, k, d, offsets)
 
     @property
     def default_certificate(self) -> str:
@@ -357,21 +403,25 @@ SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
         Scheme("dpa", "DPA", "000, eq. 1 and Theorem 1", "one poison reaches one partition", INSERTIONS,
-               {"dpa": "models", "dpa_roe": "models"}, "k", attack="insert"),
+               {"dpa": "models", "dpa_roe": "models"}, "k", attack="insert", split=splits.split_dpa,
+               roe_methods={"dpa": "DPA", "dpa_roe": "DPA+ROE"}),
         Scheme("ssdpa", "SS-DPA", "000, eq. 7 and Theorem 2", "one label flip reaches one sorted partition", LABEL_FLIPS,
-               {"dpa": "models"}, "k", attack="flip"),
+               {"dpa": "models"}, "k", attack="flip", split=splits.split_ssdpa, labelled_as_scheme=("dpa",)),
         Scheme("fa", "FA", "001, Definition 1 and Theorem 2", "one poison reaches the d base models spread from one split bucket", INSERTIONS,
-               {"fa": "models", "fa_roe": "models"}, "kd", uses_d=True, attack="insert"),
+               {"fa": "models", "fa_roe": "models"}, "kd", uses_d=True, attack="insert", split=splits.split_fa, buckets="kd",
+               offsets=True, roe_methods={"fa": "FA", "fa_roe": "FA+ROE"}, roe_baseline_d1=True),
         Scheme("dpa_star", "DPA*", "003, Section 4.1", "one poison reaches one partition, i.e. all d seeds trained on it", INSERTIONS,
-               {"dpa_star_roe": "partition_mean", "dpa": "partition_mean"}, "kd", uses_d=True, attack="insert"),
+               {"dpa_star_roe": "partition_mean", "dpa": "partition_mean"}, "kd", uses_d=True, attack="insert",
+               split=splits.split_dpa_star, labelled_as_scheme=("dpa",), roe_methods={"dpa": "DPA*", "dpa_star_roe": "DPA*+ROE"}),
         Scheme("bagging", "bagging, with replacement", "002, Section 3; 004, eq. 8", _SELECTION_FOOTPRINT, INSERTIONS,
-               {"bagging": "models", "random_selection": "models"}, "T"),
+               {"bagging": "models", "random_selection": "models"}, "T", select=splits.select_with_replacement, with_replacement=True),
         Scheme("bagging_wor", "bagging, without replacement", "004, eq. 7", _SELECTION_FOOTPRINT, INSERTIONS,
-               {"random_selection": "models"}, "T"),
+               {"random_selection": "models"}, "T", select=splits.select_without_replacement),
         Scheme("binomial", "binomial selection", "004, eq. 9", _SELECTION_FOOTPRINT, INSERTIONS,
-               {"random_selection": "models"}, "T"),
+               {"random_selection": "models"}, "T", select=splits.select_binomial, random_size=True),
         Scheme("binary_kmeans", "App. B 2-means", "000, Appendix B", "one label flip reaches the one base classifier that owns the sample",
-               LABEL_FLIPS, {"binary_kmeans": "models", "dpa": "models"}, "k", trains=False, attack="flip"),
+               LABEL_FLIPS, {"binary_kmeans": "models", "dpa": "models"}, "k", trains=False, attack="flip",
+               split=splits.split_singletons, k_is_m=True, n_classes=2),
     )
 }
 
@@ -406,6 +456,9 @@ class Learner:
     config_key: str | None = None
     #: the workflow's poison check (rule ``poison_check``) can retrain it exactly as the ensemble was trained
     poison_checked: bool = False
+    #: App. B's classifier votes against its own label off its cluster, so a label flip towards
+    #: either class can move its vote (the poison check's flip attack uses both directions)
+    votes_off_cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.needs_extractor and not self.sees_unlabeled_train:
@@ -438,7 +491,7 @@ LEARNERS: dict[str, Learner] = {
         Learner("simclr", "000 (the DPA code's SS-DPA on CIFAR-10 / GTSRB): label-free SimCLR ResNet-18 on all unlabeled images + a head per partition",
                 ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("resnet18",), extractor_defaults=SIMCLR_DEFAULTS),
         Learner("binary_kmeans", "000, Appendix B: 2-means on all unlabeled images + one labelled sample per base classifier",
-                ("binary_kmeans",), sees_unlabeled_train=True, poison_checked=True),
+                ("binary_kmeans",), sees_unlabeled_train=True, poison_checked=True, votes_off_cluster=True),
         Learner("frozen", "beyond the papers (issue 16, Lethal Dose Conjecture): the frozen RotNet features of 000, Section 2.3.1 "
                 "+ a nearest-centroid or k-NN rule per partition (poisoncert.frozen)",
                 ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("nin", "light", "resnet18"), config_key="frozen",

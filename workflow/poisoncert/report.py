@@ -19,6 +19,8 @@ __all__ = [
     "plot_certified_accuracy",
     "write_report",
     "improvement_pairs",
+    "has_improvement",
+    "roe_figure_ks",
     "plot_improvement",
     "plot_selection_delta",
     "read_benchmarks",
@@ -58,10 +60,8 @@ def read_summaries(paths: list[str]) -> list[dict[str, Any]]:
 def _label(s: dict[str, Any]) -> str:
     name = CERT_LABELS.get(s["certificate"], s["certificate"])
     scheme = registry.SCHEMES.get(s.get("scheme", ""))
-    if s.get("scheme") == "ssdpa":
-        name = scheme.label
-    elif s.get("scheme") == "dpa_star" and s["certificate"] == "dpa":
-        name = scheme.label  # DPA*: DPA on the seed-averaged partitions
+    if scheme is not None and s["certificate"] in scheme.labelled_as_scheme:
+        name = scheme.label  # SS-DPA; DPA*: DPA on the seed-averaged partitions
     if scheme is not None and scheme.selection:
         return f"{name}, {SCHEME_LABELS[s['scheme']]}, n_s={s.get('k', '?')}, T={s['n_models']}"
     dpart = f", d={s['d']}" if s.get("d", 1) != 1 or (scheme is not None and scheme.uses_d) else ""
@@ -173,24 +173,40 @@ def _save(fig, png: str, pdf: str) -> None:
 def improvement_pairs(summaries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(method, DPA baseline) pairs of one experiment, as in FA Fig. 3 (right) and ROE Fig. 2 (bottom).
 
-    The baseline of an ensemble (k, d) is plain DPA voting on the same k partitions: certificate
-    ``dpa`` on the same ensemble (for dpa_roe and dpa_star_roe), or ``fa`` with d = 1 (= DPA) and the
-    same k (for fa with d > 1 and for fa_roe).
+    The baseline of an ensemble (k, d) is plain DPA voting on the same k partitions, the
+    certificate record's ``baseline``: certificate ``dpa`` on the same ensemble (for dpa_roe and
+    dpa_star_roe), or ``fa`` with d = 1 (= DPA) and the same k (``baseline_d1``: for fa with d > 1
+    and for fa_roe). Summaries need only ``certificate``, ``k`` and ``d``, so the workflow asks
+    the experiment's planned results the same question (:func:`has_improvement`).
+
+    >>> [(s["certificate"], b["certificate"]) for s, b in improvement_pairs([{"certificate": c, "k": 4, "d": 1} for c in ("dpa", "dpa_roe")])]
+    [('dpa_roe', 'dpa')]
     """
     by_key = {(s["certificate"], s.get("k"), s.get("d")): s for s in summaries}
     pairs = []
     for s in summaries:
         cert, k, d = s["certificate"], s.get("k"), s.get("d")
-        baseline = registry.CERTIFICATES[cert].baseline if cert in registry.CERTIFICATES else None
-        if baseline is not None:
-            base = by_key.get((baseline, k, d))
-        elif cert == "fa_roe" or (cert == "fa" and d != 1):
-            base = by_key.get(("fa", k, 1))
-        else:
-            base = None
+        rec = registry.CERTIFICATES.get(cert)
+        base = None
+        if rec is not None and rec.baseline is not None:
+            base = by_key.get((rec.baseline, k, 1 if rec.baseline_d1 else d))
         if base is not None and base is not s:
             pairs.append((s, base))
     return pairs
+
+
+def planned_summaries(exp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The (certificate, k, d) of every summary a validated experiment will produce, before it runs."""
+    return [{"certificate": c, "k": k, "d": d} for k in exp["k"] for d in exp["d"] for c in exp["certificates"]]
+
+
+def has_improvement(exp: dict[str, Any]) -> bool:
+    """Whether a validated experiment has a (method, DPA baseline) pair: :func:`improvement_pairs` on its planned summaries.
+
+    >>> has_improvement({"k": [4], "d": [1, 2], "certificates": ["fa"]}), has_improvement({"k": [4], "d": [2], "certificates": ["fa", "fa_roe"]})
+    (True, False)
+    """
+    return bool(improvement_pairs(planned_summaries(exp)))
 
 
 def plot_improvement(summaries: list[dict[str, Any]], title: str, png: str, pdf: str) -> None:
@@ -424,7 +440,8 @@ def plot_fa_certificate_gain(summaries: list[dict[str, Any]], title: str, png: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fa = [s for s in summaries if s["certificate"] == "fa" and s.get("d", 1) != 1]
+    # the certificates whose statistics carry the DPA-style bound on the same models (FA Theorem 2's)
+    fa = [s for s in summaries if getattr(registry.CERTIFICATES.get(s["certificate"]), "statistics", None) and s.get("d", 1) != 1]
     if not fa:
         raise PoisonCertError("no FA summary with d > 1 among these summaries (FA Fig. 4 compares two bounds on k*d > k models)")
     missing = [s for s in fa if "curve_dpa_style" not in s.get("extra", {})]
@@ -488,15 +505,37 @@ def plot_selection_sizes(table, title: str, png: str, pdf: str) -> None:
 # ---------------------------------------------------------------------------------------------- ROE Figs. 2-3
 
 
-#: The six methods of ROE Figs. 2-3: (scheme, certificate, d > 1) -> label; and their DPA baselines.
-ROE_METHODS = {
-    ("dpa", "dpa"): "DPA",
-    ("dpa", "dpa_roe"): "DPA+ROE",
-    ("fa", "fa"): "FA",
-    ("fa", "fa_roe"): "FA+ROE",
-    ("dpa_star", "dpa"): "DPA*",
-    ("dpa_star", "dpa_star_roe"): "DPA*+ROE",
-}
+#: The six methods of ROE Figs. 2-3: (scheme, certificate) -> label, from the scheme records'
+#: ``roe_methods``; the first (plain DPA) is the baseline of every method but those of a scheme
+#: with ``roe_baseline_d1`` (FA: its own ensemble with d = 1).
+ROE_METHODS = {(s.name, cert): label for s in registry.SCHEMES.values() for cert, label in s.roe_methods.items()}
+_ROE_REFERENCE = next(iter(ROE_METHODS))
+
+
+def roe_figure_ks(experiments: dict[str, dict[str, Any]], dataset: str) -> list[int]:
+    """The k at which ``dataset`` has all six methods of ROE Figs. 2-3, one experiment each: a dpa
+    ensemble (dpa, dpa_roe), an fa one with d = 1 (the FA methods' DPA baseline) and a d > 1 (fa,
+    fa_roe), a dpa_star one (dpa, dpa_star_roe), all with a learner certified against insertions
+    (one that sees no unlabeled training image). ``experiments``: the validated config's.
+
+    >>> exps = {n: {"dataset": "digits", "scheme": n, "learner": "supervised", "k": [10], "d": d, "certificates": list(c)}
+    ...         for n, d, c in (("dpa", [1], ("dpa", "dpa_roe")), ("fa", [1, 2], ("fa", "fa_roe")), ("dpa_star", [2], ("dpa", "dpa_star_roe")))}
+    >>> roe_figure_ks(exps, "digits"), roe_figure_ks({n: e for n, e in exps.items() if n != "fa"}, "digits")
+    ([10], [])
+    """
+    schemes = {scheme for scheme, _ in ROE_METHODS}
+    found: dict[int, list[str]] = {}
+    for exp in experiments.values():
+        rec = registry.scheme(exp["scheme"])
+        if exp["dataset"] != dataset or not rec.roe_methods or registry.learner(exp["learner"]).sees_unlabeled_train:
+            continue
+        if not set(rec.roe_methods) <= set(exp["certificates"]):
+            continue
+        if rec.roe_baseline_d1 and not (1 in exp["d"] and max(exp["d"]) > 1):
+            continue
+        for k in exp["k"]:
+            found.setdefault(k, []).append(rec.name)
+    return sorted(k for k, names in found.items() if sorted(names) == sorted(schemes))
 
 
 def roe_method_curves(summaries: list[dict[str, Any]], k: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -518,16 +557,17 @@ def roe_method_curves(summaries: list[dict[str, Any]], k: int) -> list[tuple[str
             raise PoisonCertError(f"two summaries of {key[0]} / {key[1]} with k={k}, d={key[2]} ({by_key[key].get('scores_file')} and "
                                   f"{s.get('scores_file')}): the ROE methods figure draws one ensemble per method")
         by_key[key] = s
-    dpa = by_key.get(("dpa", "dpa", 1))
+    dpa = by_key.get((*_ROE_REFERENCE, 1))
     out = []
     for (scheme, cert, d), s in sorted(by_key.items(), key=lambda kv: (list(ROE_METHODS).index(kv[0][:2]), kv[0][2])):
-        if scheme == "fa":
+        rec = registry.scheme(scheme)
+        if rec.roe_baseline_d1:
             if d == 1:
                 continue  # the FA methods' baseline, DPA on the FA split: not a method of its own
-            base = by_key.get(("fa", "fa", 1))
+            base = by_key.get((scheme, rec.default_certificate, 1))
         else:
-            base = None if (scheme, cert) == ("dpa", "dpa") else dpa
-        dpart = f", d={d}" if scheme != "dpa" else ""
+            base = None if (scheme, cert) == _ROE_REFERENCE else dpa
+        dpart = f", d={d}" if rec.uses_d else ""
         out.append((f"{ROE_METHODS[(scheme, cert)]}{dpart}", s, base))
     if not out:
         raise PoisonCertError(f"no DPA, FA or DPA* summary with k={k} among these summaries")
@@ -554,7 +594,8 @@ def plot_roe_methods(summaries: list[dict[str, Any]], k: int, title: str, png: s
         top.step(s["curve"]["radius"], 100 * np.asarray(s["curve"]["certified_accuracy"]), where="post", label=label, color=color, linestyle=style)
         if base is not None:
             a, b = _padded(s["curve"]["certified_accuracy"], base["curve"]["certified_accuracy"])
-            what = "FA d=1" if s["scheme"] == "fa" else "DPA"
+            rec = registry.scheme(s["scheme"])
+            what = f"{rec.label} d=1" if rec.roe_baseline_d1 else ROE_METHODS[_ROE_REFERENCE]
             bottom.step(np.arange(len(a)), 100 * (a - b), where="post", label=f"{label} - {what}", color=color, linestyle=style)
     top.set_ylabel("certified accuracy (%)")
     top.set_ylim(0, 100)

@@ -25,12 +25,7 @@ VERBS: dict[str, str] = {
     "collective": "collective",
     "poison-check": "poison_check",
     "report": "report",
-    "improvement": "improvement",
-    "delta-figure": "delta_figure",
-    "fa-gain": "fa_gain",
-    "selection-sizes": "selection_sizes",
-    "running-time": "running_time",
-    "roe-methods": "roe_methods",
+    "figure": "figure",
     "paper-table": "paper_table",
     "check-config": "check_config",
 }

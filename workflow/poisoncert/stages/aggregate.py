@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry
+from ..config import LATER_TRAIN_DEFAULTS
 from ..data import load_npz, read_dataset
 from ..errors import PoisonCertError
 from ..partition import read_partitions
@@ -43,9 +44,6 @@ def aggregate(dataset_file: str, partitions_file: str, shard_files: list[str], o
     print(f"aggregated {n} models x {len(ds.test_labels)} test samples into {out}")
 
 
-#: Training options added after results existed, at the value that reproduces the old behaviour
-#: (a shard written before ``TrainConfig.augment`` trained exactly as ``augment: none``).
-LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": "none"}
 
 
 def _identity(shard_meta: dict[str, Any]) -> tuple:
