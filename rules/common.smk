@@ -156,9 +156,20 @@ def train_args(wildcards):
     return _train_args(wildcards.exp)
 
 
+def _explicit_offsets(e, k, d):
+    """The experiment's FA spread offsets for ensemble (k, d); None where they are the default R as a
+    set (FA spreads bucket j to {(j + r) mod kd : r in R}): writing the default out reruns nothing."""
+    from poisoncert.partition import default_fa_offsets
+
+    offsets = e["offsets"]
+    if offsets is None or sorted(offsets) == sorted(default_fa_offsets(int(k), int(d))):
+        return None
+    return offsets
+
+
 def offsets_arg(wildcards):
-    """FA's explicit spread offsets (--offsets), if the experiment gives them."""
-    offsets = experiment(wildcards)["offsets"]
+    """FA's explicit spread offsets (--offsets), if the experiment gives other than the default."""
+    offsets = _explicit_offsets(experiment(wildcards), wildcards.k, wildcards.d)
     return "" if offsets is None else f"--offsets {','.join(map(str, offsets))}"
 
 
@@ -171,8 +182,12 @@ def partition_selection_args(wildcards):
 
 
 def experiment_json(wildcards):
-    """The whole validated experiment, recorded in the scores file's meta (aggregate, kmeans_scores)."""
-    return json.dumps(experiment(wildcards))
+    """The whole validated experiment, recorded in the scores file's meta (aggregate, kmeans_scores):
+    canonical (poisoncert.config.canonical; default offsets as null), so equal settings rerun nothing."""
+    e = experiment(wildcards)
+    if e["offsets"] is not None and _explicit_offsets(e, wildcards.k, wildcards.d) is None:
+        e = {**e, "offsets": None}
+    return json.dumps(e)
 
 
 def extractor_json(wildcards):

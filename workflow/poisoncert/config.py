@@ -254,7 +254,41 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     from .limits import check_sizes
 
     check_sizes(cfg)  # sizes that depend on several keys (models per ensemble, padded batches, DAG size)
-    return cfg
+    return canonical(cfg, schema)
+
+
+#: Lists whose order means nothing (a set of epochs: the schedule counts the milestones passed).
+_SET_LISTS = ("lr_milestones",)
+
+
+def canonical(value: Any, schema: dict[str, Any], node: dict[str, Any] | None = None, key: str = "") -> Any:
+    """A validated config in one canonical form, so that equal configs give equal rule params (the
+    rerun triggers, dumped as JSON): every object's keys in the schema's order (whatever the
+    config file's order, defaults filled where the schema puts them), numbers of ``type: number``
+    as floats (``lr: 1`` and ``lr: 1.0`` are one setting), set-like lists sorted.
+
+    >>> s = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "integer"}}}
+    >>> canonical({"b": 2, "a": 1}, s)
+    {'a': 1.0, 'b': 2}
+    """
+    node = schema if node is None else node
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    types = node.get("type")
+    types = types if isinstance(types, list) else [types]
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        out = {k: canonical(value[k], schema, props[k], k) for k in props if k in value}
+        out.update({k: canonical(v, schema, extra if isinstance(extra, dict) else {}, k) for k, v in value.items() if k not in props})
+        return out
+    if isinstance(value, list):
+        items = node.get("items") if isinstance(node.get("items"), dict) else {}
+        out = [canonical(v, schema, items) for v in value]
+        return sorted(out) if key in _SET_LISTS else out
+    if "number" in types and "integer" not in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 #: Training options added after results existed, at the value that reproduces the old behaviour
