@@ -49,6 +49,7 @@ import numpy as np
 
 from .data import canonical_order, row_keys
 from .errors import PoisonCertError
+from .schema import param
 
 __all__ = ["CLASSIFIERS", "FrozenConfig", "fit_predict", "frozen_learner"]
 
@@ -63,8 +64,11 @@ class FrozenConfig:
     """The per-partition rule on frozen features: ``classifier`` (centroid | knn) and, for knn,
     the number of neighbours ``knn_k`` (fewer when the partition has fewer samples)."""
 
-    classifier: str = "centroid"
-    knn_k: int = 5
+    # Each field's doc, bounds and allowed values are the config schema's (poisoncert.schema generates
+    # experiments.<name>.frozen from them: edit here, then `python -m poisoncert.schema --write`).
+    classifier: str = param("centroid", "centroid: nearest class mean of the partition's samples; knn: vote of the knn_k nearest "
+                            "samples of the partition.", enum=CLASSIFIERS)
+    knn_k: int = param(5, "Neighbours of classifier knn (all samples when the partition has fewer).", minimum=1)
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:

@@ -47,6 +47,7 @@ import numpy as np
 
 from .data import canonical_order, row_keys
 from .errors import PoisonCertError
+from .schema import param
 
 __all__ = [
     "EXTRACTOR_ARCHS",
@@ -146,30 +147,39 @@ class ExtractorConfig:
     augmentation) comes from ``seed``.
     """
 
-    arch: str = "nin"
-    width: int = 192
-    n_blocks: int = 4
-    feature_block: int = 2
-    feature_pool: int = 2
-    epochs: int = 200
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    lr_schedule: str = "step"
-    lr_milestones: tuple[int, ...] = (60, 120, 160)
-    lr_gamma: float = 0.2
-    warmup_epochs: int = 0
-    crop_pad: int = 4
-    hflip: bool = False
-    temperature: float = 0.5
-    proj_dim: int = 128
-    min_crop_scale: float = 0.2
-    color_jitter: float = 0.4
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    seed: int = 0
+    # Each field's doc, bounds and allowed values are the config schema's (poisoncert.schema generates
+    # experiments.<name>.extractor from them: edit here, then `python -m poisoncert.schema --write`).
+    arch: str = param("nin", "nin: the paper's RotNet (Gidaris' NetworkInNetwork: 5x5 192/160/96, max-pool, 5x5 192, avg-pool, "
+                      "3x3 stages; rotation prediction); light: small 3x3 blocks, pooled features (CPU option, rotation "
+                      "prediction); resnet18: SimCLR's CIFAR ResNet-18 (contrastive; learner simclr).", enum=EXTRACTOR_ARCHS)
+    width: int = param(192, "nin: stage width (192 = the paper's 192/160/96); light: channels of block 1 (2x after); resnet18: unused.",
+                       minimum=1)
+    n_blocks: int = param(4, "nin: NiN stages (4 in the paper); light: blocks; resnet18: unused.", minimum=1)
+    feature_block: int = param(2, "nin, light: stage / block whose output is the feature (2: RotNet's conv2, 192x7x7 on MNIST, "
+                               "192x8x8 on CIFAR-10).", minimum=1)
+    feature_pool: int = param(2, "light only: the feature block's output is average-pooled to this many rows and columns.", minimum=1)
+    epochs: int = param(200, "Training epochs (RotNet 200; SimCLR 1000).", minimum=0)
+    lr: float = param(0.1, "Initial SGD learning rate.", exclusive_minimum=0)
+    momentum: float = param(0.9, "SGD momentum.", minimum=0, exclusive_maximum=1)
+    nesterov: bool = param(True, "Nesterov momentum (RotNet yes, SimCLR no).")
+    weight_decay: float = param(5e-4, "SGD weight decay.", minimum=0)
+    batch_size: int = param(128, "Images per minibatch (RotNet: each in all 4 rotations; SimCLR: 2 views each).", minimum=1)
+    lr_schedule: str = param("step", "step: lr x lr_gamma at each of lr_milestones (RotNet); cosine: to 0 over all steps (SimCLR, "
+                             "and the light twins).", enum=LR_SCHEDULES)
+    lr_milestones: tuple[int, ...] = param((60, 120, 160), "Step schedule: epochs from which the learning rate is multiplied by "
+                                           "lr_gamma once more (Gidaris' LUT).", item_minimum=1)
+    lr_gamma: float = param(0.2, "Step-schedule decay factor.", exclusive_minimum=0)
+    warmup_epochs: int = param(0, "Linear learning-rate warm-up over this many epochs before the schedule (SimCLR: 10).", minimum=0)
+    crop_pad: int = param(4, "RotNet: seeded random crop with this zero padding, once per image before its rotations (0 = off).",
+                          minimum=0)
+    hflip: bool = param(False, "Random horizontal flips (CIFAR-10 only in the papers; not for digits, MNIST, GTSRB).")
+    temperature: float = param(0.5, "SimCLR only: NT-Xent temperature.", exclusive_minimum=0)
+    proj_dim: int = param(128, "SimCLR only: output size of the projection MLP 512-512-proj_dim.", minimum=1)
+    min_crop_scale: float = param(0.2, "SimCLR only: smallest area fraction of the random resized crop.", exclusive_minimum=0, maximum=1)
+    color_jitter: float = param(0.4, "SimCLR only: brightness / contrast / saturation jitter strength (hue: a quarter of it).", minimum=0)
+    jitter_prob: float = param(0.8, "SimCLR only: probability of colour jitter.", minimum=0, maximum=1)
+    grayscale_prob: float = param(0.2, "SimCLR only: probability of grayscale (3-channel images).", minimum=0, maximum=1)
+    seed: int = param(0, "Seed of every random draw of the extractor.", minimum=0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
@@ -611,10 +621,10 @@ class LogisticHeadConfig:
     option of the digits twins and Fashion-MNIST.
     """
 
-    hidden: int = 0
-    steps: int = 200
-    lr: float = 0.05
-    weight_decay: float = 1e-3
+    hidden: int = param(0, "0: multinomial logistic regression; > 0: one hidden ReLU layer of this width.", minimum=0)
+    steps: int = param(200, "Full-batch Adam steps.", minimum=0)
+    lr: float = param(0.05, "Adam learning rate.", exclusive_minimum=0)
+    weight_decay: float = param(1e-3, "L2 penalty 0.5 * weight_decay * ||W||^2 on the weight matrices.", minimum=0)
 
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.steps < 0 or self.lr <= 0 or self.weight_decay < 0:
@@ -637,17 +647,18 @@ class SGDHeadConfig:
     ``nin_block`` head's channels (192 in the paper).
     """
 
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[int, ...] = (35, 70, 85)
-    lr_gamma: float = 0.2
-    crop_padding: int = 4
-    hflip: bool = False
-    width: int = 192
+    epochs: int = param(100, "Passes over the partition.", minimum=1)
+    batch_size: int = param(128, "Minibatch size.", minimum=1)
+    lr: float = param(0.1, "Initial SGD learning rate.", exclusive_minimum=0)
+    momentum: float = param(0.9, "SGD momentum.", minimum=0, exclusive_maximum=1)
+    nesterov: bool = param(True, "Nesterov momentum.")
+    weight_decay: float = param(5e-4, "SGD weight decay.", minimum=0)
+    lr_milestones: tuple[int, ...] = param((35, 70, 85), "Epochs from which the learning rate is multiplied by lr_gamma once more.",
+                                           item_minimum=1)
+    lr_gamma: float = param(0.2, "Decay factor at each milestone.", exclusive_minimum=0)
+    crop_padding: int = param(4, "Random crops of the images (before the frozen extractor) with this zero padding (0 = off).", minimum=0)
+    hflip: bool = param(False, "Random horizontal flips (CIFAR-10 only).")
+    width: int = param(192, "Channels of the NiN block (192 in the paper); unused by the linear head.", minimum=1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
@@ -690,10 +701,18 @@ class HeadConfig:
     (:data:`AUTO_HEAD`: nin -> nin_block, resnet18 -> linear, light -> logistic).
     """
 
-    kind: str = "auto"
-    nin_block: SGDHeadConfig = field(default_factory=SGDHeadConfig)
-    linear: SGDHeadConfig = field(default_factory=_linear_head_defaults)
-    logistic: LogisticHeadConfig = field(default_factory=LogisticHeadConfig)
+    # Each field's doc, bounds and allowed values are the config schema's (poisoncert.schema generates
+    # experiments.<name>.head from them: edit here, then `python -m poisoncert.schema --write`).
+    kind: str = param("auto", "nin_block: the DPA paper's NiN ConvBlock3 on the extractor's feature maps (arch nin); linear: a "
+                      "linear layer (the DPA code's SimCLR head); logistic: the light full-batch numpy head on standardised "
+                      "features (CPU option); auto: the extractor's own (nin -> nin_block, resnet18 -> linear, light -> logistic).",
+                      enum=HEAD_KINDS)
+    nin_block: SGDHeadConfig = param(doc="SGD settings of the nin_block head (Gidaris' ConvClassifier on RotNet conv2 features).",
+                                     default_factory=SGDHeadConfig)
+    linear: SGDHeadConfig = param(doc="SGD settings of the linear head (the DPA code's SupContrast/main_linear.py: batch 512, lr 1, "
+                                  "no weight decay, lr x 0.2 at 60/75/90).", default_factory=_linear_head_defaults)
+    logistic: LogisticHeadConfig = param(doc="The light head (poisoncert.semisup.LogisticHeadConfig): full-batch Adam on "
+                                         "standardised flattened features.", default_factory=LogisticHeadConfig)
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
