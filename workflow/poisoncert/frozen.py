@@ -68,7 +68,7 @@ class FrozenConfig:
     # experiments.<name>.frozen from them: edit here, then `python -m poisoncert.schema --write`).
     classifier: str = param("centroid", "centroid: nearest class mean of the partition's samples; knn: vote of the knn_k nearest "
                             "samples of the partition.", enum=CLASSIFIERS)
-    knn_k: int = param(5, "Neighbours of classifier knn (all samples when the partition has fewer).", minimum=1)
+    knn_k: int = param(5, "Neighbours of classifier knn (all samples when the partition has fewer).", minimum=1, maximum=1000000)
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:

@@ -153,33 +153,33 @@ class ExtractorConfig:
                       "3x3 stages; rotation prediction); light: small 3x3 blocks, pooled features (CPU option, rotation "
                       "prediction); resnet18: SimCLR's CIFAR ResNet-18 (contrastive; learner simclr).", enum=EXTRACTOR_ARCHS)
     width: int = param(192, "nin: stage width (192 = the paper's 192/160/96); light: channels of block 1 (2x after); resnet18: unused.",
-                       minimum=1)
-    n_blocks: int = param(4, "nin: NiN stages (4 in the paper); light: blocks; resnet18: unused.", minimum=1)
+                       minimum=1, maximum=4096)
+    n_blocks: int = param(4, "nin: NiN stages (4 in the paper); light: blocks; resnet18: unused.", minimum=1, maximum=64)
     feature_block: int = param(2, "nin, light: stage / block whose output is the feature (2: RotNet's conv2, 192x7x7 on MNIST, "
-                               "192x8x8 on CIFAR-10).", minimum=1)
-    feature_pool: int = param(2, "light only: the feature block's output is average-pooled to this many rows and columns.", minimum=1)
-    epochs: int = param(200, "Training epochs (RotNet 200; SimCLR 1000).", minimum=0)
+                               "192x8x8 on CIFAR-10).", minimum=1, maximum=64)
+    feature_pool: int = param(2, "light only: the feature block's output is average-pooled to this many rows and columns.", minimum=1, maximum=64)
+    epochs: int = param(200, "Training epochs (RotNet 200; SimCLR 1000).", minimum=0, maximum=100000)
     lr: float = param(0.1, "Initial SGD learning rate.", exclusive_minimum=0)
     momentum: float = param(0.9, "SGD momentum.", minimum=0, exclusive_maximum=1)
     nesterov: bool = param(True, "Nesterov momentum (RotNet yes, SimCLR no).")
     weight_decay: float = param(5e-4, "SGD weight decay.", minimum=0)
-    batch_size: int = param(128, "Images per minibatch (RotNet: each in all 4 rotations; SimCLR: 2 views each).", minimum=1)
+    batch_size: int = param(128, "Images per minibatch (RotNet: each in all 4 rotations; SimCLR: 2 views each).", minimum=1, maximum=1000000)
     lr_schedule: str = param("step", "step: lr x lr_gamma at each of lr_milestones (RotNet); cosine: to 0 over all steps (SimCLR, "
                              "and the light twins).", enum=LR_SCHEDULES)
     lr_milestones: tuple[int, ...] = param((60, 120, 160), "Step schedule: epochs from which the learning rate is multiplied by "
-                                           "lr_gamma once more (Gidaris' LUT).", item_minimum=1)
+                                           "lr_gamma once more (Gidaris' LUT).", item_minimum=1, item_maximum=100000)
     lr_gamma: float = param(0.2, "Step-schedule decay factor.", exclusive_minimum=0)
-    warmup_epochs: int = param(0, "Linear learning-rate warm-up over this many epochs before the schedule (SimCLR: 10).", minimum=0)
+    warmup_epochs: int = param(0, "Linear learning-rate warm-up over this many epochs before the schedule (SimCLR: 10).", minimum=0, maximum=100000)
     crop_pad: int = param(4, "RotNet: seeded random crop with this zero padding, once per image before its rotations (0 = off).",
-                          minimum=0)
+                          minimum=0, maximum=64)
     hflip: bool = param(False, "Random horizontal flips (CIFAR-10 only in the papers; not for digits, MNIST, GTSRB).")
     temperature: float = param(0.5, "SimCLR only: NT-Xent temperature.", exclusive_minimum=0)
-    proj_dim: int = param(128, "SimCLR only: output size of the projection MLP 512-512-proj_dim.", minimum=1)
+    proj_dim: int = param(128, "SimCLR only: output size of the projection MLP 512-512-proj_dim.", minimum=1, maximum=65536)
     min_crop_scale: float = param(0.2, "SimCLR only: smallest area fraction of the random resized crop.", exclusive_minimum=0, maximum=1)
     color_jitter: float = param(0.4, "SimCLR only: brightness / contrast / saturation jitter strength (hue: a quarter of it).", minimum=0)
     jitter_prob: float = param(0.8, "SimCLR only: probability of colour jitter.", minimum=0, maximum=1)
     grayscale_prob: float = param(0.2, "SimCLR only: probability of grayscale (3-channel images).", minimum=0, maximum=1)
-    seed: int = param(0, "Seed of every random draw of the extractor.", minimum=0)
+    seed: int = param(0, "Seed of every random draw of the extractor.", minimum=0, maximum=4611686018427387904)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
@@ -621,8 +621,8 @@ class LogisticHeadConfig:
     option of the digits twins and Fashion-MNIST.
     """
 
-    hidden: int = param(0, "0: multinomial logistic regression; > 0: one hidden ReLU layer of this width.", minimum=0)
-    steps: int = param(200, "Full-batch Adam steps.", minimum=0)
+    hidden: int = param(0, "0: multinomial logistic regression; > 0: one hidden ReLU layer of this width.", minimum=0, maximum=65536)
+    steps: int = param(200, "Full-batch Adam steps.", minimum=0, maximum=10000000)
     lr: float = param(0.05, "Adam learning rate.", exclusive_minimum=0)
     weight_decay: float = param(1e-3, "L2 penalty 0.5 * weight_decay * ||W||^2 on the weight matrices.", minimum=0)
 
@@ -647,18 +647,18 @@ class SGDHeadConfig:
     ``nin_block`` head's channels (192 in the paper).
     """
 
-    epochs: int = param(100, "Passes over the partition.", minimum=1)
-    batch_size: int = param(128, "Minibatch size.", minimum=1)
+    epochs: int = param(100, "Passes over the partition.", minimum=1, maximum=100000)
+    batch_size: int = param(128, "Minibatch size.", minimum=1, maximum=1000000)
     lr: float = param(0.1, "Initial SGD learning rate.", exclusive_minimum=0)
     momentum: float = param(0.9, "SGD momentum.", minimum=0, exclusive_maximum=1)
     nesterov: bool = param(True, "Nesterov momentum.")
     weight_decay: float = param(5e-4, "SGD weight decay.", minimum=0)
     lr_milestones: tuple[int, ...] = param((35, 70, 85), "Epochs from which the learning rate is multiplied by lr_gamma once more.",
-                                           item_minimum=1)
+                                           item_minimum=1, item_maximum=100000)
     lr_gamma: float = param(0.2, "Decay factor at each milestone.", exclusive_minimum=0)
-    crop_padding: int = param(4, "Random crops of the images (before the frozen extractor) with this zero padding (0 = off).", minimum=0)
+    crop_padding: int = param(4, "Random crops of the images (before the frozen extractor) with this zero padding (0 = off).", minimum=0, maximum=64)
     hflip: bool = param(False, "Random horizontal flips (CIFAR-10 only).")
-    width: int = param(192, "Channels of the NiN block (192 in the paper); unused by the linear head.", minimum=1)
+    width: int = param(192, "Channels of the NiN block (192 in the paper); unused by the linear head.", minimum=1, maximum=4096)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))

@@ -111,15 +111,15 @@ class TrainConfig:
     # Each field's doc, bounds and allowed values are the config schema's (poisoncert.schema generates
     # $defs.train from them: edit here, then `python -m poisoncert.schema --write`).
     arch: str = param("small_cnn", "Base model architecture (poisoncert.models registry).", enum=tuple(ARCHITECTURES))
-    epochs: int = param(30, "Passes over each partition.", minimum=1)
-    batch_size: int = param(16, "Minibatch size (fixed; the last batch is masked).", minimum=1)
+    epochs: int = param(30, "Passes over each partition.", minimum=1, maximum=100000)
+    batch_size: int = param(16, "Minibatch size (fixed; the last batch is masked).", minimum=1, maximum=1000000)
     lr: float = param(0.05, "Initial SGD learning rate.", exclusive_minimum=0)
     momentum: float = param(0.9, "SGD momentum.", minimum=0, exclusive_maximum=1)
     weight_decay: float = param(5e-4, "SGD weight decay.", minimum=0)
     nesterov: bool = param(True, "Nesterov momentum.")
-    lr_milestones: tuple[int, ...] = param((), "Epochs after which the learning rate is multiplied by lr_gamma.", item_minimum=1)
+    lr_milestones: tuple[int, ...] = param((), "Epochs after which the learning rate is multiplied by lr_gamma.", item_minimum=1, item_maximum=100000)
     lr_gamma: float = param(0.2, "Learning-rate decay factor at each milestone.", exclusive_minimum=0)
-    crop_padding: int = param(0, "Random-crop augmentation with this zero padding (0 = off).", minimum=0)
+    crop_padding: int = param(0, "Random-crop augmentation with this zero padding (0 = off).", minimum=0, maximum=64)
     hflip: bool = param(False, "Random horizontal flips; only on datasets whose labels survive a mirror image (cifar10, as in "
                         "the papers, and fashion_mnist; refused on digits, digits17, mnist, mnist17, gtsrb).")
     augment: str = param("none", "Augmentation policy applied after crop_padding and hflip (poisoncert.augment): none (the "
@@ -127,14 +127,14 @@ class TrainConfig:
                          "of identity, auto_contrast, brightness, contrast, solarize, posterize, rotate, shear_x, shear_y, "
                          "translate_x, translate_y at a random strength; drawn from the model's own seed, so models stay pure "
                          "functions of their sets). Random crop is crop_padding > 0, flips are hflip: true.", enum=AUGMENTATIONS)
-    warmup_epochs: int = param(0, "Linear learning-rate warm-up: epoch e < warmup_epochs uses lr * (e + 1) / warmup_epochs.", minimum=0)
+    warmup_epochs: int = param(0, "Linear learning-rate warm-up: epoch e < warmup_epochs uses lr * (e + 1) / warmup_epochs.", minimum=0, maximum=100000)
     eval_batch_size: int = param(0, "Test images per forward pass (fixed per device, so logits never depend on the data). 0 = "
                                  "auto: 8 on a CPU (the activations stay in the caches, about 7x faster than 1000), 1000 on a GPU.",
-                                 minimum=0)
+                                 minimum=0, maximum=1000000)
     #: torch CPU threads while training (0 = leave torch's setting); see module doc. Set from the config's train_threads.
     cpu_threads: int = param(1, in_schema=False)
     group_size: int = param(8, "Models vectorised together by the engine (0 = the whole shard). Part of a model's identity: "
-                            "changing it can change the bits of the logits, so it retrains the ensemble.", minimum=0)
+                            "changing it can change the bits of the logits, so it retrains the ensemble.", minimum=0, maximum=4096)
     channels_last: bool = param(True, "Memory format of the vectorised engine's activations (a speed setting, but recorded: it "
                                 "may change the bits).")
 
