@@ -317,14 +317,24 @@ def yaml_error(path: str | Path, exc: yaml.YAMLError) -> PoisonCertError:
 
 
 def read_config_file(path: str | Path) -> Any:
-    """Parse a YAML config file (one-line errors for a missing file or a syntax error)."""
+    """Parse a YAML config file (one-line errors for a missing file, text that is not UTF-8 / UTF-16
+    (a byte-order mark is fine: YAML reads the bytes) or a syntax error)."""
     try:
-        with open(path) as fh:
-            return yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):  # UTF-32 with its BOM: YAML reads UTF-8 and UTF-16 only
+            raw = raw.decode("utf-32")
+        return yaml.safe_load(raw)
+    except UnicodeDecodeError as exc:
+        raise PoisonCertError(f"config file {path}, byte {exc.start}: not {exc.encoding} text ({exc.reason}); save it as UTF-8") from None
     except FileNotFoundError:
         raise PoisonCertError(f"config file {path} does not exist") from None
     except IsADirectoryError:
         raise PoisonCertError(f"config file {path} is a folder; give a YAML file") from None
+    except yaml.reader.ReaderError as exc:  # undecodable bytes or a control character
+        if exc.encoding == "unicode":
+            raise PoisonCertError(f"config file {path}, character {exc.position}: control character #x{exc.character:04x} is not allowed in YAML; remove it") from None
+        raise PoisonCertError(f"config file {path}, byte {exc.position}: not {exc.encoding} text ({exc.reason}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise yaml_error(path, exc) from None
 
