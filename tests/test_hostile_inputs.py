@@ -178,3 +178,18 @@ def test_huge_n_models_stops_snakemake_dry_run_at_once(tmp_path, snakemake):
     assert lines == ["poisoncert: invalid config: config key experiments.e.n_models: 100000000 is greater than the maximum of 100000 "
                      "(Number of base models T (N in Jia et al)"], proc.stderr[-2000:]
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 4 * 2**20  # kB: well under 4 GB
+
+
+@pytest.mark.parametrize("args", [
+    ["--scheme", "bagging", "--k", "1000", "--n-models", "1000000"],  # 1e6 models
+    ["--scheme", "bagging", "--k", "100000", "--n-models", "10000"],  # 1e9 indices
+    ["--scheme", "dpa_star", "--k", "1000", "--d", "1000"],
+])
+def test_partition_command_line_is_bounded_too(tmp_path, capsys, args):
+    """The partition stage's own flags (a user's command line, not only the workflow's config)."""
+    from poisoncert import cli
+
+    rc = cli.main(["partition", "--dataset-file", str(tmp_path / "none.npz"), "--out", str(tmp_path / "p.npz"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "at most" in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -26,7 +26,7 @@ from . import registry
 from .errors import PoisonCertError
 from .partition import n_models
 
-__all__ = ["MAX_MODELS", "MAX_TRAIN_JOBS", "MAX_SELECTED", "check_sizes"]
+__all__ = ["MAX_MODELS", "MAX_TRAIN_JOBS", "MAX_SELECTED", "check_ensemble", "check_sizes"]
 
 #: Base models in one ensemble (FA k = 1200, d = 32 has 38,400).
 MAX_MODELS = 100_000
@@ -44,6 +44,33 @@ def _largest_set(exp: dict[str, Any], n_train: int) -> int:
     return max(n_train, max(exp["k"]) + exp["clean_count"], exp["balance_size"] or 0)
 
 
+def check_ensemble(scheme: str, k: int, d: int, n_selections: int = 0, clean_count: int = 0, key: str = "") -> int:
+    """The number of base models of one ensemble, refused with one line above :data:`MAX_MODELS`
+    (or, for the selection schemes, above :data:`MAX_SELECTED` indices in all). ``key`` prefixes the
+    message with the config key (``config key experiments.NAME``); the partition stage checks its
+    command line with it too.
+
+    >>> check_ensemble("fa", 1200, 32)
+    38400
+    >>> check_ensemble("dpa_star", 1000, 1000)
+    Traceback (most recent call last):
+    ...
+    poisoncert.errors.PoisonCertError: k x d: k=1000, d=1000 makes 1000000 base models in one ensemble; at most 100000 are allowed
+    """
+    rec = registry.scheme(scheme)
+    t = n_models(scheme, k, d, n_selections)
+    where = f"{key}." if key else ""
+    if t > MAX_MODELS:
+        what = "n_models" if rec.selection else "k" if d == 1 else "k x d"
+        raise PoisonCertError(f"{where}{what}: k={k}, d={d} makes {t} base models in one ensemble; at most {MAX_MODELS} are allowed")
+    if rec.selection and t * (k + clean_count) > MAX_SELECTED:
+        raise PoisonCertError(
+            f"{where}n_models: {t} selections of {k + clean_count} samples hold {t * (k + clean_count)} indices; "
+            f"at most {MAX_SELECTED} are allowed (fewer models or a smaller k)"
+        )
+    return t
+
+
 def check_sizes(cfg: dict[str, Any]) -> None:
     """Refuse, with one line naming the key, sizes that would allocate without bound (a validated config)."""
     jobs = 0
@@ -53,15 +80,7 @@ def check_sizes(cfg: dict[str, Any]) -> None:
         n_train = registry.dataset(exp["dataset"]).n_train
         for k in exp["k"]:
             for d in exp["d"]:
-                t = n_models(exp["scheme"], k, d, exp["n_models"])
-                if t > MAX_MODELS:
-                    what = "n_models" if rec.selection else "k" if d == 1 else "k x d"
-                    raise PoisonCertError(f"{key}.{what}: k={k}, d={d} makes {t} base models in one ensemble; at most {MAX_MODELS} are allowed")
-                if rec.selection and t * (k + exp["clean_count"]) > MAX_SELECTED:
-                    raise PoisonCertError(
-                        f"{key}.n_models: {t} selections of {k + exp['clean_count']} samples hold {t * (k + exp['clean_count'])} indices; "
-                        f"at most {MAX_SELECTED} are allowed (fewer models or a smaller k)"
-                    )
+                t = check_ensemble(exp["scheme"], k, d, exp["n_models"], exp["clean_count"], key)
                 if rec.trains:
                     jobs += -(-t // cfg["shard_size"])
         if exp["clean_count"] > n_train:

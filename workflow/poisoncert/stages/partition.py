@@ -40,6 +40,9 @@ def partition(dataset_file: str, out: str, scheme: str, k: int, d: int = 1, offs
     Algorithm 3) BALANCE weighs phi_1's classes (poisoned classes and the merged clean class),
     and the partitions file records ``two_phase`` for the train step.
     """
+    from ..limits import check_ensemble
+
+    check_ensemble(scheme, k, d, (selection or {}).get("n_models") or 0, (selection or {}).get("clean_count") or 0)
     ds = read_dataset(dataset_file)
     if registry.scheme(scheme).selection:
         sel = selection or {}
