@@ -355,10 +355,20 @@ def collective(
         certified = max(n_considered - flips_bound, samplewise)
         best_units: tuple[int, ...] = ()
         best_flips = 0
+        scored = []
         for units in attacks:
             f = int((attack_flips(v, counts, pred, reach, units) & considered).sum())
+            scored.append((f, units))
             if f > best_flips:
                 best_units, best_flips = units, f
+        # spend what the best block attack leaves of the budget on the next blocks' attacks, greedily
+        for _, units in sorted(scored, key=lambda t: -t[0])[1:]:
+            if len(best_units) >= r:
+                break
+            merged = tuple(best_units) + tuple(u for u in units if u not in best_units)[: r - len(best_units)]
+            f = int((attack_flips(v, counts, pred, reach, merged) & considered).sum())
+            if f > best_flips:
+                best_units, best_flips = merged, f
         results.append(CollectiveResult(
             r, certified, n_considered, n_considered - best_flips, tuple(sorted(int(unit_ids[u]) for u in best_units)),
             samplewise, int(cand.size), all(b.proven for b in done), time.perf_counter() - t0, tuple(done), n))
