@@ -90,3 +90,29 @@ def test_schema_module_check_mode(tmp_path, monkeypatch):
     assert schema.main([]) == 1
     assert schema.main(["--write"]) == 0 and schema.main([]) == 0
     assert yaml.safe_load(path.read_text(encoding="utf-8")) == load_schema()
+
+
+def test_certify_flags_and_radii_have_one_source(tmp_path):
+    """``poisoncert certify`` takes its flags from registry.FLAGS and its default radii from the schema."""
+    import argparse
+    import json
+
+    import numpy as np
+
+    from poisoncert import registry
+    from poisoncert.cli import main
+    from poisoncert.scores import write_scores
+    from poisoncert.stages import certify as stage
+
+    parser = argparse.ArgumentParser()
+    stage.add_arguments(parser)
+    options = {opt for action in parser._actions for opt in action.option_strings}
+    assert set(registry.FLAGS.values()) <= options
+    assert {**stage.ENSEMBLE_FLAGS, **stage.PARAMETER_FLAGS} == {f.lstrip("-").replace("-", "_"): k for k, f in registry.FLAGS.items()}
+    scores = np.zeros((3, 5, 2), np.float32)
+    scores[:, :, 0] = 1
+    write_scores(tmp_path / "s.npz", scores, np.array([0, 0, 1]), {"scheme": "dpa"})
+    out = tmp_path / "o.json"
+    assert main(["certify", str(tmp_path / "s.npz"), "--certificate", "dpa", "--out-csv", str(tmp_path / "o.csv"), "--out-json", str(out)]) in (0, None)
+    radii = [int(r) for r in json.loads(out.read_text())["certified_accuracy"]]
+    assert radii == load_schema()["properties"]["radii"]["default"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import certify as maths
 from .. import registry
+from ..config import load_schema
 from ..data import atomic_write_text
 from ..errors import PoisonCertError
 from ..scores import check_meta, read_scores
@@ -25,12 +26,21 @@ from ._common import int_list
 
 HELP = "certify a scores file (ours or one trained elsewhere)"
 
-#: CLI flag (dest) -> scores metadata key. Facts about the ensemble can only be *supplied* where
+#: The certificate parameters among the scores metadata keys: a flag may change them freely.
+PARAMETERS = ("alpha", "poisoning_model")
+
+
+def _dest(flag: str) -> str:
+    """argparse's attribute name of a flag: ``--train-size`` -> ``train_size``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+#: CLI flag (dest) -> scores metadata key, both from :data:`poisoncert.registry.FLAGS` (the one
+#: table of metadata keys and their flags). Facts about the ensemble can only be *supplied* where
 #: the file does not record them (a flag that contradicts the file is refused: the recorded
 #: threat model is the one the ensemble was built under); certificate parameters may be changed.
-ENSEMBLE_FLAGS = {"scheme": "scheme", "k": "k", "d": "d", "offsets": "offsets", "train_size": "train_size",
-                  "subsample_size": "subsample_size", "clean_size": "n_clean"}
-PARAMETER_FLAGS = {"alpha": "alpha", "poisoning_model": "poisoning_model"}
+ENSEMBLE_FLAGS = {_dest(flag): key for key, flag in registry.FLAGS.items() if key not in PARAMETERS}
+PARAMETER_FLAGS = {_dest(flag): key for key, flag in registry.FLAGS.items() if key in PARAMETERS}
 
 
 def merge_flags(meta: dict[str, Any], supplied: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +54,7 @@ def merge_flags(meta: dict[str, Any], supplied: dict[str, Any], parameters: dict
         if value is None:
             continue
         if meta.get(key) is not None and meta[key] != value:
-            flag = "--" + next(d for d, k in ENSEMBLE_FLAGS.items() if k == key).replace("_", "-")
+            flag = registry.FLAGS[key]
             raise PoisonCertError(
                 f"{flag} {value} contradicts the scores file, which records {key} = {meta[key]!r}: the file's threat model is the one "
                 "its ensemble was built under; drop the flag (flags only supply what the file does not record)"
@@ -59,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certificate", required=True, help=", ".join(registry.CERTIFICATES))
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-json", required=True)
-    p.add_argument("--radii", type=int_list, default=[0, 1, 2, 4, 8, 16])
+    p.add_argument("--radii", type=int_list, default=None,
+                   help="attack sizes of the certified-accuracy columns (default: the config's radii default, from the schema)")
     p.add_argument("--scheme", default=None, choices=list(registry.SCHEMES),
                    help=f"the ensemble's scheme, i.e. its threat footprint, for a file that does not record one (default: {registry.DEFAULT_SCHEME})")
     p.add_argument("--k", type=int, default=None, help="supply k where the file does not record it (FA, DPA*; selection size for bagging)")
@@ -141,4 +152,5 @@ def run_certify(scores_file: str, name: str, out_csv: str, out_json: str, radii:
 
 def main(args: argparse.Namespace) -> None:
     overrides = {key: getattr(args, dest) for dest, key in {**ENSEMBLE_FLAGS, **PARAMETER_FLAGS}.items()}
-    run_certify(args.scores, args.certificate, args.out_csv, args.out_json, args.radii, overrides)
+    radii = args.radii if args.radii is not None else load_schema()["properties"]["radii"]["default"]
+    run_certify(args.scores, args.certificate, args.out_csv, args.out_json, radii, overrides)
