@@ -12,6 +12,8 @@ try:
     from poisoncert.config import LATER_TRAIN_DEFAULTS, ensembles, validate_config
     from poisoncert.errors import PoisonCertError
     from poisoncert.figures import FIGURES
+    from poisoncert.learners import for_experiment
+    from poisoncert.learners.base import upstream_file
     from poisoncert.papers import PAPER_RESULTS
 except ImportError as _exc:
     sys.exit(
@@ -135,18 +137,8 @@ def _recorded_train(e):
 @functools.lru_cache(maxsize=None)
 def _train_args(exp):
     e = config["experiments"][exp]
-    args = f"--train-config {shlex.quote(json.dumps(_recorded_train(e)))}"
-    learner = registry.learner(e["learner"])
-    if learner.needs_extractor:
-        args += f" --extractor {shlex.quote(f'results/{exp}/extractor.pt')}"
-        if learner.config_key:  # frozen: its own rule on the features, no heads
-            fields = shlex.quote(json.dumps(e[learner.config_key]))
-            args += f" --learner {learner.name} --learner-config {fields}"
-        else:  # rotnet, simclr: a head per partition
-            args += f" --head-config {shlex.quote(json.dumps(e['head']))}"
-    elif e["two_phase"]:
-        args += f" --phase2 {shlex.quote(f'results/{exp}/phase2.npz')}"
-    return args
+    words = ["--train-config", json.dumps(_recorded_train(e))]
+    return shlex.join(words + for_experiment(e).train_flags(exp, e))
 
 
 def train_args(wildcards):
@@ -270,11 +262,16 @@ def extractor_arg(wildcards):
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _train_upstream(exp):
+    e = config["experiments"][exp]
+    return {role: upstream_file(exp, role) for role in for_experiment(e).upstream}
+
+
 def train_extra_inputs(wildcards):
-    """The shared label-free extractor, or the shared phi_2 of a two_phase experiment."""
-    if experiment(wildcards)["two_phase"]:
-        return {"phase2": f"results/{wildcards.exp}/phase2.npz"}
-    return extractor_input(wildcards)
+    """The upstream files the experiment's learner reads (poisoncert.learners: the shared
+    label-free extractor, or the shared phi_2 of a two_phase experiment). Cached per experiment."""
+    return _train_upstream(wildcards.exp)
 
 
 def shard_files(wildcards):

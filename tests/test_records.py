@@ -3,7 +3,8 @@
 * no module of the package, no rule file branches on a scheme's name: a grep over the sources,
   itself shown to catch a planted branch;
 * a figure registered from this file alone becomes a workflow target and renders through
-  ``poisoncert figure`` (its module, its record, its test: nothing else to touch);
+  ``poisoncert figure``, and a learner registered from this file alone trains through the train
+  stage's dispatch (its module, its record, its test: nothing else to touch);
 * the figure targets of the shipped configs are what the figure records decide.
 """
 
@@ -45,12 +46,9 @@ def _sources():
     return files + sorted((ROOT / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
 
 
-#: not yet moved into a record (issue 24's learners step)
-PENDING = {'if threat["learner"] == "binary_kmeans":'}
-
-
-def test_no_module_branches_on_a_scheme_name():
-    found = {str(p.relative_to(ROOT)): hits for p in _sources() if (hits := [h for h in name_branches(p.read_text(), registry.SCHEMES) if h not in PENDING])}
+def test_no_module_branches_on_a_scheme_or_learner_name():
+    names = set(registry.SCHEMES) | set(registry.LEARNERS)
+    found = {str(p.relative_to(ROOT)): hits for p in _sources() if (hits := name_branches(p.read_text(), names))}
     assert not found, found
 
 
@@ -142,3 +140,73 @@ def test_scheme_records_partition_as_before():
     assert all(np.array_equal(star.members(3 * i + j), dpa.members(i)) for i in range(5) for j in range(3))
     fa = make_partitions(x, y, "fa", 3, 2, offsets=[0, 1])
     assert all(set(h[fa.members(i)] % 6) <= {i, (i - 1) % 6} for i in range(6))
+
+
+# ---------------------------------------------------------------------------------------------- learners
+
+
+class _ToyLearner:
+    """Logits = the partition's class counts (a deterministic function of the set)."""
+
+    name = record = "toy"
+    upstream = ()
+
+    def fit_predict(self, shard):
+        import numpy as np
+
+        from poisoncert.learners import Fit
+
+        ds = shard.dataset
+        counts = [np.bincount(ds.train_labels[m], minlength=ds.n_classes).astype(np.float32) for m in shard.members]
+        return Fit(np.stack([np.broadcast_to(c, (len(ds.test_labels), ds.n_classes)) for c in counts]), meta={"toy": True})
+
+    def train_flags(self, exp_name, exp):
+        return ["--learner", self.name]
+
+    def check_config(self, exp, where):
+        pass
+
+    def retrainer(self, ds, meta, upstream):
+        return None
+
+
+@pytest.fixture
+def toy_learner():
+    from poisoncert import learners
+
+    registry.LEARNERS["toy"] = registry.Learner("toy", "a toy learner, registered by a test", ("dpa",))
+    impl = learners.register(_ToyLearner())
+    yield impl
+    del learners.IMPLEMENTATIONS["toy"], registry.LEARNERS["toy"]
+
+
+def test_a_learner_registered_from_a_test_trains_through_the_train_stage(toy_learner, tmp_path):
+    import json
+
+    import numpy as np
+
+    from poisoncert.data import load_npz, read_dataset
+    from poisoncert.learners import for_experiment
+    from poisoncert.partition import read_partitions
+
+    data, parts = tmp_path / "d.npz", tmp_path / "p.npz"
+    assert cli.main(["prepare", "--dataset", "digits", "--out", str(data)]) == 0
+    assert cli.main(["partition", "--dataset-file", str(data), "--out", str(parts), "--scheme", "dpa", "--k", "4"]) == 0
+    exp = {"learner": "toy", "two_phase": False}
+    assert for_experiment(exp) is toy_learner and toy_learner.train_flags("e", exp) == ["--learner", "toy"]
+    out = tmp_path / "shard0.npz"
+    assert cli.main(["train", "--dataset-file", str(data), "--partitions", str(parts), "--out", str(out), "--shard", "0", "--shard-size", "4",
+                     "--learner", "toy", "--no-progress"]) == 0
+    z = load_npz(out, "logits", ("logits", "meta"))
+    meta = json.loads(str(z["meta"]))
+    assert meta["learner"] == "toy" and meta["toy"] is True
+    ds, (p, _) = read_dataset(str(data)), read_partitions(str(parts))
+    assert np.array_equal(z["logits"][2, 0], np.bincount(ds.train_labels[p.members(2)], minlength=10))
+
+
+def test_unknown_learner_is_one_line(tmp_path, capsys):
+    from poisoncert.learners import implementation
+    from poisoncert.errors import PoisonCertError
+
+    with pytest.raises(PoisonCertError, match="unknown learner 'nope'; choose one of supervised"):
+        implementation("nope")

@@ -16,6 +16,7 @@ from jsonschema.exceptions import best_match
 
 from . import registry
 from .errors import PoisonCertError
+from .learners.base import TWO_PHASE, implementation
 from .package_data import package_path
 from .partition import SELECTION_SCHEMES, n_models
 
@@ -214,8 +215,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                 raise PoisonCertError(
                     f"config key experiments.{name}.extractor.arch: learner {learner.name} trains a {' or '.join(learner.extractor_archs)} extractor, not '{arch}'"
                 )
-            if learner.name != "frozen" and exp["head"]["kind"] == "nin_block" and arch != "nin":
-                raise PoisonCertError(f"config key experiments.{name}.head.kind: nin_block needs the feature maps of extractor.arch nin, not '{arch}'; use linear or logistic")
+        implementation(exp["learner"]).check_config(exp, f"config key experiments.{name}")
         if exp["train"].get("hflip") and not registry.dataset(exp["dataset"]).hflip_ok:
             ok = [n for n, d in registry.DATASETS.items() if d.hflip_ok]
             raise PoisonCertError(
@@ -229,7 +229,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key experiments.{name}.two_phase: the 2-phase classifier (Chen et al. case 3) needs a random-selection scheme "
                     f"({', '.join(SELECTION_SCHEMES)}) and non-empty clean_classes"
                 )
-            if exp["clean_count"] or exp["learner"] != "supervised":
+            if exp["clean_count"] or exp["learner"] != implementation(TWO_PHASE).record:
                 raise PoisonCertError(f"config key experiments.{name}.two_phase: needs clean_count: 0 (case 3 only) and learner: supervised")
             if len(clean) >= n_classes:
                 raise PoisonCertError(f"config key experiments.{name}.clean_classes: with two_phase they must leave at least one potentially poisoned class")

@@ -7,7 +7,10 @@ from typing import Any
 
 from ..data import atomic_file, read_dataset
 from ..errors import PoisonCertError
+from ..learners.extractors import read_extractor
 from ._common import json_object
+
+__all__ = ["extractor", "read_extractor"]
 
 HELP = "train the SS-DPA label-free feature extractor (RotNet: arch nin / light; SimCLR: arch resnet18)"
 
@@ -39,16 +42,6 @@ def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str =
         torch.save(state, tmp)
     print(f"{cfg.learner} extractor ({cfg.arch}) trained on {state['n_images']} unique unlabeled images: "
           f"features {'x'.join(map(str, state['feature_shape']))}, last epoch's loss {state['history'][-1] if state['history'] else float('nan'):.4f}")
-
-
-def read_extractor(path: str) -> dict[str, Any]:
-    """Read an extractor file written by :func:`extractor`."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise PoisonCertError(f"extractor file {path} is missing or corrupt ({type(exc).__name__}); delete it and rerun") from None
 
 
 def main(args: argparse.Namespace) -> None:

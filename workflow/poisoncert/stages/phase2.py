@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data import atomic_savez, load_npz, read_dataset
-from ..errors import PoisonCertError
+from ..data import atomic_savez, read_dataset
+from ..learners.two_phase import read_phase2
 from ._common import add_device_arguments, int_list, json_object, train_config
+
+__all__ = ["phase2", "read_phase2"]
 
 HELP = "train Chen et al.'s shared 2nd-phase classifier phi_2 on the known-clean classes"
 
@@ -61,17 +63,6 @@ def phase2(dataset_file: str, out: str, clean_classes: list[int], train_fields: 
     on_clean = np.isin(ds.test_labels, clean)
     acc = float((clean[np.argmax(logits, axis=1)] == ds.test_labels)[on_clean].mean()) if on_clean.any() else float("nan")
     print(f"phi_2 trained on {int(mask.sum())} known-clean samples of classes {clean.tolist()}: accuracy {acc:.4f} on their test samples")
-
-
-def read_phase2(path: str, dataset_hash: str, clean_classes) -> np.ndarray:
-    """The phi_2 test logits of ``path``, checked against the data and clean classes they must belong to."""
-    z = load_npz(path, "phase-2", ("logits", "clean_classes", "meta"))
-    meta = json.loads(str(z["meta"]))
-    if meta.get("dataset_hash") != dataset_hash:
-        raise PoisonCertError(f"{path} was trained on other data; delete it and rerun")
-    if sorted(int(c) for c in clean_classes) != z["clean_classes"].tolist():
-        raise PoisonCertError(f"{path} was trained on clean classes {z['clean_classes'].tolist()}, the partitions say {sorted(clean_classes)}; delete it and rerun")
-    return z["logits"]
 
 
 def main(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from .. import registry
 from ..data import Dataset, atomic_write_text, read_dataset
 from ..errors import PoisonCertError
+from ..learners import for_experiment
 from ..scores import read_scores
 
 HELP = "attack certified samples within their radius, retrain, confirm they hold"
@@ -27,53 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default=None, help="learner frozen: the experiment's shared label-free extractor file")
 
 
-def _device(meta: dict[str, Any]) -> str:
-    """The device the ensemble was trained on (the retrain must run there to reproduce its bits)."""
-    import torch
-
-    if "device" not in meta:
-        raise PoisonCertError("these scores do not record how their base models were trained (device); the poison check needs a workflow scores file")
-    device = "cpu" if meta["device"] == "cpu" else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PoisonCertError("these scores were trained on a GPU; run the poison check where one is visible")
-    return device
-
-
-def _frozen_learner(ds: Dataset, meta: dict[str, Any], extractor_file: str | None):
-    from ..frozen import FrozenConfig, frozen_learner
-    from .extractor import read_extractor
-
-    if extractor_file is None:
-        raise PoisonCertError("learner frozen: pass the experiment's extractor file (--extractor results/<exp>/extractor.pt)")
-    state = read_extractor(extractor_file)
-    if state.get("dataset_hash") != meta.get("dataset_hash"):
-        raise PoisonCertError(f"{extractor_file} was trained on other data than these scores; give the experiment's own extractor")
-    fields = (meta.get("experiment") or {}).get("frozen") or {}
-    return frozen_learner(state, ds.train_images, ds.test_images, ds.n_classes, FrozenConfig(**fields), device=_device(meta))
-
-
 def learner_for(ds: Dataset, meta: dict[str, Any], extractor_file: str | None = None):
-    """The retrain function of the ensemble's learner, exactly as the workflow ran it."""
+    """The retrain function of the ensemble's learner, exactly as the workflow ran it (the learner's
+    implementation, :mod:`poisoncert.learners`; refused for those the check does not cover)."""
     threat = registry.ensemble_threat(meta)
-    if threat["learner"] == "binary_kmeans":
-        from .kmeans_scores import kmeans_learner
-
-        return kmeans_learner(ds.train_images, ds.test_images)[0]
-    if threat["learner"] == "frozen":
-        return _frozen_learner(ds, meta, extractor_file)
-    if threat["learner"] != "supervised" or (meta.get("experiment") or {}).get("two_phase"):
+    impl = for_experiment({**(meta.get("experiment") or {}), "learner": threat["learner"]})
+    retrain_fn = impl.retrainer(ds, meta, {"extractor": extractor_file}) if registry.learner(impl.record).poison_checked else None
+    if retrain_fn is None:
         checked = [n for n, lr in registry.LEARNERS.items() if lr.poison_checked]
         raise PoisonCertError(f"the poison check retrains the learners {', '.join(checked)}, not learner '{threat['learner']}'")
-    from ..train import TrainConfig, train_shard
-
-    if "train" not in meta:
-        raise PoisonCertError("these scores do not record how their base models were trained (train); the poison check needs a workflow scores file")
-    device = _device(meta)
-    cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["train"].items()})
-
-    def retrain_fn(train_sets, seeds):
-        return train_shard(train_sets, seeds, ds.test_images, ds.n_classes, cfg, device=device, progress=False)
-
     return retrain_fn
 
 
