@@ -473,7 +473,7 @@ class EngineCNN(BaseEstimator):
 
 
 class _EngineShard:
-    """Trained groups of the engine (:func:`poisoncert.train._fit_group`); ``logits`` evaluates them."""
+    """Trained groups of the engine (``poisoncert.train._fit``, train_shard's own steps); ``logits`` evaluates them."""
 
     def __init__(self, groups, where, empty, config, device, n_classes):
         self.groups, self.where, self.empty = groups, where, empty
@@ -499,6 +499,7 @@ class _EngineShard:
         empty = sorted(i for i, (_, lb) in enumerate(checked) if len(lb) == 0)
         if empty:
             engine._empty_warning(empty)
+        strategy = engine.resolve_strategy(config, dev)  # the engine's measured choice per (arch, device), as train_shard
         groups, where = [], {}
         with engine.deterministic_mode(config):
             for gi, (_, members) in enumerate(sorted(by_group.items())):
@@ -507,11 +508,12 @@ class _EngineShard:
                     slot = positions[local] % G
                     g_sets[slot], g_seeds[slot] = checked[local], seeds[local]
                     where[local] = (gi, slot)
-                template, state, mean_b, std_b = engine._fit_group(g_sets, g_seeds, shape, n_classes, config, dev, None)
-                groups.append((template, {k: v.detach() for k, v in state.items()}, mean_b, std_b))
+                groups.append(engine._fit(g_sets, g_seeds, shape, n_classes, config, dev, strategy))
         for i in empty:
             where.pop(i, None)
-        return cls(groups, where, set(empty), config, device, n_classes)
+        shard = cls(groups, where, set(empty), config, device, n_classes)
+        shard.strategy = strategy
+        return shard
 
     def logits(self, rows: np.ndarray, models: Sequence[int]) -> np.ndarray:
         """float32 (len(models), n, n_classes); an empty partition's model gives zero logits (the engine's convention)."""
@@ -531,7 +533,7 @@ class _EngineShard:
         with engine.deterministic_mode(self.config):
             test = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
             for gi, items in need.items():
-                lg = engine._evaluate_group(self.groups[gi], test, self.config, dev)
+                lg = engine._evaluate(self.groups[gi], test, self.config, dev, self.strategy)
                 for i, slot in items:
                     out[i] = lg[slot]
         return out
