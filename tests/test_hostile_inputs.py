@@ -157,13 +157,10 @@ def test_sizes_are_refused_with_one_line(config, key):
         assert (f"config key {key}" in message) or message.startswith(key), message
 
 
-def test_the_papers_sizes_stay_allowed(repo_root):
-    """The bounds sit above every shipped config (FA k = 1200, d = 32: 38,400 models in one ensemble)."""
-    sizes = []
-    for path in [repo_root / "config.yaml", *sorted((repo_root / "config").rglob("*.yaml"))]:
-        cfg = validate_config(yaml.safe_load(path.read_text()))
-        sizes.append(max(len(cfg["experiments"]), 1))
-    assert sizes and MAX_MODELS >= 38_400 and MAX_TRAIN_JOBS >= 68_400
+def test_the_bounds_sit_above_the_papers():
+    """FA k = 1200, d = 32: 38,400 models in one ensemble, 68,400 in config/fa_table1_mnist.yaml (every
+    shipped config validates under these bounds: tests/test_reruns.py validates each one)."""
+    assert MAX_MODELS >= 38_400 and MAX_TRAIN_JOBS >= 68_400
 
 
 def test_huge_n_models_stops_snakemake_dry_run_at_once(tmp_path, snakemake):
