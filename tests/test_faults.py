@@ -221,3 +221,15 @@ def test_unrelated_hidden_files_are_kept(inputs, tmp_path):
         (tmp_path / name).write_text("mine")
     assert cli.main(_aggregate_args(inputs, tmp_path / "scores.npz")) == 0
     assert _leftovers(tmp_path) == sorted(keep + ["scores.npz"])
+
+
+@pytest.mark.parametrize("where", ["file/x.csv", "file/sub/x.csv", "a" * 300 + ".csv", "b" * 250 + ".csv"])
+def test_impossible_output_paths_are_one_line(inputs, tmp_path, capsys, where):
+    """A folder of the path that is a file, a name too long (also just the temporary's): one line."""
+    (tmp_path / "file").write_text("a file")
+    args = ["certify", str(inputs["scores"]), "--certificate", "dpa", "--out-csv", str(tmp_path / where), "--out-json", str(tmp_path / "o.json")]
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("poisoncert: error: cannot write"), err
+    assert _leftovers(tmp_path) == ["file"]

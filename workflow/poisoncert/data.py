@@ -441,10 +441,14 @@ _WRITE_ERRNOS = {
     errno.EFBIG: ("the file would exceed the file-size limit", "raise the limit (ulimit -f unlimited) and rerun"),
     errno.EROFS: ("its folder is on a read-only file system", "run from a writable working directory"),
 }
-#: ... and those that are this path's fault only when they name it or its folder (a read can raise them too).
+#: ... and those that are this path's fault only when they name it, one of its folders or its temporary
+#: (a read can raise them too).
 _PERMISSION_ERRNOS = {
     errno.EACCES: ("permission denied", "make the folder writable for this user, or run elsewhere"),
     errno.EPERM: ("operation not permitted", "make the folder writable for this user, or run elsewhere"),
+    errno.EEXIST: ("a part of its folder path is a file, not a folder", "choose another output path"),
+    errno.ENOTDIR: ("a part of its folder path is a file, not a folder", "choose another output path"),
+    errno.ENAMETOOLONG: ("the file name is too long for the file system", "choose a shorter output path"),
 }
 #: The temporaries of output ``.NAME`` beside it: ``.NAME.tmp<pid>[.ext]`` (:func:`atomic_file`),
 #: ``.NAME.scores<pid>.npy`` (:func:`poisoncert.scores.scores_writer`).
