@@ -1,112 +1,411 @@
-"""The training engine against the hardware: achieved FLOP rate as a fraction of this CPU's own matmul rate.
+"""The training engine against the plain loop a user would write, torch.func, and the hardware.
 
-On real Fashion-MNIST (28x28, Debian's dataset-fashion-mnist; synthetic 28x28 data if absent), DPA
-partitions of k = 1200 (about 50 images each), for small_cnn and lenet and shards of --shards
-models:
+    python benchmarks/bench_engine.py            # the default: a few minutes on 1 thread
+    python benchmarks/bench_engine.py --quick    # seconds (a test runs it, so it cannot rot)
 
-1. the CPU's fp32 matmul rate (2048^3 torch.mm, the same thread count);
-2. training alone (the test set cut to 8 images) and test-set evaluation alone (the difference
-   with a run on --n-test test images), each as achieved GFLOP/s and as a fraction of (1);
-3. the whole DPA k=1200 ensemble (train + evaluate 10,000 test images), extrapolated from the
-   measured shards, at the engine's default ``eval_batch_size`` (8) and at the former default
-   (1000): the before/after of issue 11.
+Everything runs in ONE process on ``--threads`` (default 1) CPU thread(s). Every method is timed
+by the CPU time of the process (``time.process_time``) and by wall time, over ``--repeats``
+interleaved repeats (engine, loop, func, engine, loop, func, ...); the table gives the minimum and
+the median. The minimum of the CPU time is the number to compare on a shared machine: other
+processes' load inflates wall time and, through caches and memory bandwidth, CPU time too, never
+the other way round.
 
-FLOPs are the multiply-adds of convs and linears (models.forward_flops_per_sample), training =
-3x forward. Prints a table and writes results/benchmarks/engine.csv. Never asserted in tests.
+Workloads (training and test-set evaluation timed separately, same models, same SGD settings):
+
+* ``small_cnn``, ``lenet``, ``nin`` at 28x28x1 on Fashion-MNIST (Debian's dataset-fashion-mnist,
+  ``make data``; synthetic 28x28 data when absent), DPA partitions of k = 1200 (about 50 images
+  each, the first models of the partition);
+* ``nin`` and ``resnet18`` at 32x32x3 (synthetic CIFAR-sized sets of 50 images).
+
+Methods:
+
+* ``engine``: :func:`poisoncert.train.train_shard`'s group training and evaluation (the
+  strategy the engine picks for the arch and device, :func:`poisoncert.train.resolve_strategy`);
+* ``loop``: the papers' way, a plain loop a user would write: one ``nn.Module`` per partition
+  (the same initial weights), ``channels_last``, ``torch.optim.SGD`` with the same lr, momentum,
+  weight decay and Nesterov, minibatches of ``batch_size`` (the last one smaller), cross-entropy;
+  evaluation in ``eval()`` mode at batch 128 under ``torch.no_grad``;
+* ``func``: ``torch.func``: the models' parameters stacked (``stack_module_state``),
+  ``vmap(grad(functional_call))`` per step, ``torch.optim.SGD`` on the stacked tensors, evaluation
+  ``vmap(functional_call)`` at batch 128 (BatchNorm without running statistics: vmap cannot update
+  them in place, so its evaluation uses batch statistics; the work is the same).
+
+Ceilings: the fp32 matmul rate (``torch.mm`` of 1024x1024, same threads) and each arch's own dense
+rate (one model, batch 128, forward + backward), in GFLOP/s. FLOPs are the multiply-adds of convs
+and linears (2 per MAC): evaluation = forward, training = forward + weight gradients + input
+gradients of every layer but the first (:func:`poisoncert.models.training_flops_per_sample`).
+
+``--ensemble``: the whole DPA k = 1200 small_cnn ensemble on Fashion-MNIST as the workflow trains it
+(config/fashion_mnist.yaml: 10 epochs, shards of 50, 10,000 test images), from the engine's CPU
+time on ``--ensemble-models`` models (one shard) extrapolated to 1,200.
+
+Writes ``results/benchmarks/engine/engine.json`` and ``engine.md`` (``--out``). Never asserted in
+timed tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
+import json
+import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from poisoncert.models import build_model, forward_flops_per_sample  # noqa: E402
-from poisoncert.partition import make_partitions  # noqa: E402
-from poisoncert.train import TrainConfig, train_shard  # noqa: E402
+from poisoncert import train as engine  # noqa: E402
+from poisoncert.models import build_model, forward_flops_per_sample, training_flops_per_sample  # noqa: E402
+from poisoncert.train import TrainConfig  # noqa: E402
+
+N_CLASSES = 10
 
 
-def matmul_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+# ------------------------------------------------------------------------------------------ data
 
 
-def data():
+def fashion_mnist():
     from poisoncert.data import FASHION_MNIST_DEBIAN, load_dataset
 
     if FASHION_MNIST_DEBIAN.is_dir():
         ds = load_dataset("fashion_mnist")
-        return ds.train_images, ds.train_labels, ds.test_images, "fashion_mnist"
+        return ds.train_images, ds.train_labels, ds.test_images, "Fashion-MNIST (Debian)"
     rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 60000), rng.integers(0, 256, (10000, 1, 28, 28), dtype=np.uint8),
-            "synthetic 28x28")
+    return (rng.integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 60000),
+            rng.integers(0, 256, (10000, 1, 28, 28), dtype=np.uint8), "synthetic 28x28")
 
 
-def main() -> None:
+def dpa_sets(n_models: int, k: int = 1200):
+    from poisoncert.partition import make_partitions
+
+    xtr, ytr, xte, source = fashion_mnist()
+    parts = make_partitions(xtr, ytr, "dpa", k)
+    return [(xtr[parts.members(m)], ytr[parts.members(m)]) for m in range(n_models)], xte, source
+
+
+def synthetic_sets(n_models: int, size: int, shape, n_test: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sets = [(rng.integers(0, 256, (size,) + shape, dtype=np.uint8), rng.integers(0, N_CLASSES, size)) for _ in range(n_models)]
+    return sets, rng.integers(0, 256, (n_test,) + shape, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+
+def run_engine(sets, seeds, test, cfg: TrainConfig):
+    """train_shard's work, training and evaluation timed apart: returns (train (cpu, wall), eval (cpu, wall))."""
+    test_t = torch.from_numpy(np.ascontiguousarray(test))
+    shape = tuple(test.shape[1:])
+    dev = torch.device("cpu")
+    sets = [(np.asarray(im), np.asarray(lb, np.int64)) for im, lb in sets]
+    G = cfg.group_size or len(sets)
+    blank = (np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
+    tr = ev = (0.0, 0.0)
+    strategy = engine.resolve_strategy(cfg, dev)
+    with engine.deterministic_mode(cfg):
+        for g0 in range(0, len(sets), G):
+            gs = sets[g0: g0 + G]
+            gd = list(seeds[g0: g0 + G])
+            gs, gd = gs + [blank] * (G - len(gs)), gd + [0] * (G - len(gd))
+            c0, w0 = time.process_time(), time.perf_counter()
+            fitted = engine._fit(gs, gd, shape, N_CLASSES, cfg, dev, strategy)
+            c1, w1 = time.process_time(), time.perf_counter()
+            engine._evaluate(fitted, test_t, cfg, dev, strategy)
+            c2, w2 = time.process_time(), time.perf_counter()
+            tr = (tr[0] + c1 - c0, tr[1] + w1 - w0)
+            ev = (ev[0] + c2 - c1, ev[1] + w2 - w1)
+    return tr, ev
+
+
+def _normalized(images, mean, std):
+    return ((torch.from_numpy(images).float() / 255.0 - torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+            / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+
+def run_loop(sets, seeds, test, cfg: TrainConfig):
+    """The plain per-model loop (one nn.Module, torch.optim.SGD, channels_last, eval at batch 128)."""
+    shape = tuple(test.shape[1:])
+    tr = ev = (0.0, 0.0)
+    torch.set_num_threads(cfg.cpu_threads or torch.get_num_threads())
+    for (images, labels), seed in zip(sets, seeds):
+        c0, w0 = time.process_time(), time.perf_counter()
+        torch.manual_seed(seed)
+        model = build_model(cfg.arch, *shape, N_CLASSES).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.nesterov)
+        mean, std = engine.channel_stats(images)
+        x = _normalized(images, mean, std).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(np.asarray(labels, np.int64))
+        rng = np.random.default_rng(seed)
+        model.train()
+        for _ in range(cfg.epochs):
+            perm = torch.from_numpy(rng.permutation(len(y)))
+            for s in range(0, len(y), cfg.batch_size):
+                b = perm[s: s + cfg.batch_size]
+                loss = F.cross_entropy(model(x[b]), y[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        c1, w1 = time.process_time(), time.perf_counter()
+        model.eval()
+        xt = _normalized(test, mean, std).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for s in range(0, len(xt), 128):
+                model(xt[s: s + 128])
+        c2, w2 = time.process_time(), time.perf_counter()
+        tr = (tr[0] + c1 - c0, tr[1] + w1 - w0)
+        ev = (ev[0] + c2 - c1, ev[1] + w2 - w1)
+    return tr, ev
+
+
+def run_func(sets, seeds, test, cfg: TrainConfig):
+    """torch.func over the stacked models of a group: vmap(grad(functional_call)), SGD on the stacks."""
+    from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
+
+    shape = tuple(test.shape[1:])
+    G = cfg.group_size or len(sets)
+    tr = ev = (0.0, 0.0)
+    torch.set_num_threads(cfg.cpu_threads or torch.get_num_threads())
+    for g0 in range(0, len(sets), G):
+        gsets, gseeds = sets[g0: g0 + G], seeds[g0: g0 + G]
+        c0, w0 = time.process_time(), time.perf_counter()
+        models = []
+        for s in gseeds:
+            torch.manual_seed(s)
+            models.append(replace_all_batch_norm_modules_(build_model(cfg.arch, *shape, N_CLASSES)))
+        params, buffers = stack_module_state(models)
+        base = models[0]
+
+        def loss_fn(p, b, x, y):
+            return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+        step_grad = vmap(grad(loss_fn))
+        leaves = list(params.values())
+        opt = torch.optim.SGD(leaves, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        stats = [engine.channel_stats(im) for im, _ in gsets]
+        xs = [_normalized(im, m, s) for (im, _), (m, s) in zip(gsets, stats)]
+        ys = [torch.from_numpy(np.asarray(lb, np.int64)) for _, lb in gsets]
+        rngs = [np.random.default_rng(s) for s in gseeds]
+        n_max = max(len(y) for y in ys)
+        for _ in range(cfg.epochs):
+            perms = [np.resize(r.permutation(len(y)), n_max) for r, y in zip(rngs, ys)]  # same step count for all
+            for s in range(0, n_max, cfg.batch_size):
+                xb = torch.stack([x[torch.from_numpy(p[s: s + cfg.batch_size])] for x, p in zip(xs, perms)])
+                yb = torch.stack([y[torch.from_numpy(p[s: s + cfg.batch_size])] for y, p in zip(ys, perms)])
+                grads = step_grad(params, buffers, xb, yb)
+                for leaf, name in zip(leaves, params):
+                    leaf.grad = grads[name]
+                opt.step()
+        c1, w1 = time.process_time(), time.perf_counter()
+        xt = torch.stack([_normalized(test, m, s) for m, s in stats])
+        fwd = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+        with torch.no_grad():
+            for s in range(0, xt.shape[1], 128):
+                fwd(params, buffers, xt[:, s: s + 128])
+        c2, w2 = time.process_time(), time.perf_counter()
+        tr = (tr[0] + c1 - c0, tr[1] + w1 - w0)
+        ev = (ev[0] + c2 - c1, ev[1] + w2 - w1)
+    return tr, ev
+
+
+METHODS = {"engine": run_engine, "loop": run_loop, "func": run_func}
+
+
+# ------------------------------------------------------------------------------------------ ceilings
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(3):
+        c0 = time.process_time()
+        for _ in range(reps):
+            torch.mm(a, b)
+        best = min(best, (time.process_time() - c0) / reps)
+    return 2 * n**3 / best / 1e9
+
+
+def dense_gflops(arch: str, shape, batch: int = 128, reps: int = 3) -> tuple[float, float]:
+    """One model's own dense rate at batch ``batch``: (forward GFLOP/s, forward + backward GFLOP/s)."""
+    torch.manual_seed(0)
+    model = build_model(arch, *shape, N_CLASSES).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, N_CLASSES, (batch,))
+    fwd = forward_flops_per_sample(model, *shape) * batch
+    trn = training_flops_per_sample(model, *shape) * batch
+    best_f = best_t = math.inf
+    for _ in range(reps):
+        with torch.no_grad():
+            c0 = time.process_time()
+            model(x)
+            best_f = min(best_f, time.process_time() - c0)
+        c0 = time.process_time()
+        F.cross_entropy(model(x), y).backward()
+        best_t = min(best_t, time.process_time() - c0)
+        model.zero_grad(set_to_none=True)
+    return fwd / best_f / 1e9, trn / best_t / 1e9
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+@dataclasses.dataclass
+class Workload:
+    arch: str
+    shape: tuple
+    n_models: int
+    epochs: int
+    n_test: int
+    data: str  # "fmnist" or "synthetic"
+    batch_size: int = 16
+    size: int = 50  # images per synthetic set
+    group_size: int = 8
+
+
+def workloads(quick: bool) -> list[Workload]:
+    if quick:
+        return [Workload("small_cnn", (1, 28, 28), 2, 1, 16, "fmnist", group_size=2), Workload("lenet", (1, 28, 28), 2, 1, 16, "fmnist", group_size=2),
+                Workload("nin", (1, 28, 28), 2, 1, 4, "synthetic", size=8, group_size=2),
+                Workload("nin", (3, 32, 32), 2, 1, 4, "synthetic", size=8, group_size=2),
+                Workload("resnet18", (3, 32, 32), 1, 1, 2, "synthetic", size=4, group_size=1)]
+    return [Workload("small_cnn", (1, 28, 28), 16, 3, 1000, "fmnist"), Workload("lenet", (1, 28, 28), 16, 3, 1000, "fmnist"),
+            Workload("nin", (1, 28, 28), 8, 1, 200, "fmnist"), Workload("nin", (3, 32, 32), 8, 1, 200, "synthetic"),
+            Workload("resnet18", (3, 32, 32), 4, 1, 100, "synthetic")]
+
+
+def stats(xs):
+    return {"min": min(xs), "median": statistics.median(xs)}
+
+
+def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm):
+    cfg = TrainConfig(arch=w.arch, epochs=w.epochs, batch_size=w.batch_size, cpu_threads=threads, group_size=w.group_size)
+    if w.data == "fmnist":
+        sets, xte = [s for s in fm[0][: w.n_models]], fm[1][: w.n_test]
+    else:
+        sets, xte = synthetic_sets(w.n_models, w.size, w.shape, w.n_test)
+    seeds = list(range(w.n_models))
+    times = {m: {"train_cpu": [], "train_wall": [], "eval_cpu": [], "eval_wall": []} for m in methods}
+    for _ in range(repeats):  # interleaved: every method once per round
+        for m in methods:
+            torch.set_num_threads(threads)
+            (tc, tw), (ec, ew) = METHODS[m](sets, seeds, xte, cfg)
+            for key, v in (("train_cpu", tc), ("train_wall", tw), ("eval_cpu", ec), ("eval_wall", ew)):
+                times[m][key].append(v)
+    model = build_model(w.arch, *w.shape, N_CLASSES)
+    n_images = sum(len(lb) for _, lb in sets)
+    train_flops = training_flops_per_sample(model, *w.shape) * n_images * w.epochs
+    eval_flops = forward_flops_per_sample(model, *w.shape) * w.n_test * w.n_models
+    res = {"arch": w.arch, "shape": list(w.shape), "n_models": w.n_models, "epochs": w.epochs, "n_test": w.n_test,
+           "train_images": n_images, "data": w.data, "batch_size": w.batch_size, "train_flops": train_flops,
+           "eval_flops": eval_flops, "group_size": w.group_size,
+           "strategy": engine.resolve_strategy(cfg, torch.device("cpu")) if hasattr(engine, "resolve_strategy") else "grouped",
+           "methods": {}}
+    for m in methods:
+        t = {k: stats(v) for k, v in times[m].items()}
+        tot = [a + b for a, b in zip(times[m]["train_cpu"], times[m]["eval_cpu"])]
+        t["total_cpu"] = stats(tot)
+        t["train_gflops"] = train_flops / t["train_cpu"]["min"] / 1e9
+        t["eval_gflops"] = eval_flops / t["eval_cpu"]["min"] / 1e9
+        res["methods"][m] = t
+    return res
+
+
+def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200) -> dict:
+    sets, xte, source = dpa_sets(n_models, k)
+    cfg = TrainConfig(arch="small_cnn", epochs=epochs, cpu_threads=threads)
+    c0, w0 = time.process_time(), time.perf_counter()
+    engine.train_shard(sets, list(range(n_models)), xte, N_CLASSES, cfg, device="cpu", progress=False)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    return {"k": k, "measured_models": n_models, "epochs": epochs, "n_test": len(xte), "data": source, "cpu_s": cpu, "wall_s": wall,
+            "cpu_s_per_model": cpu / n_models, "extrapolated_cpu_min": cpu / n_models * k / 60}
+
+
+def fmt_table(results, peak) -> list[str]:
+    lines = ["| arch | input | work | strategy | method | train CPU s (min / median) | eval CPU s (min / median) | "
+             "total CPU s (min / median) | engine speed-up | train GFLOP/s (% of matmul) | eval GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        shape = "x".join(str(s) for s in r["shape"][1:]) + f"x{r['shape'][0]}"
+        work = f"{r['n_models']} models x {r['epochs']} ep + {r['n_test']} tests"
+        eng = r["methods"].get("engine")
+        for m, t in r["methods"].items():
+            sp = "" if eng is None or m == "engine" else f"{t['total_cpu']['min'] / eng['total_cpu']['min']:.2f}x"
+            lines.append(f"| {r['arch']} | {shape} | {work} | {r['strategy'] if m == 'engine' else ''} | {m} | "
+                         f"{t['train_cpu']['min']:.3f} / {t['train_cpu']['median']:.3f} | {t['eval_cpu']['min']:.3f} / {t['eval_cpu']['median']:.3f} | "
+                         f"{t['total_cpu']['min']:.3f} / {t['total_cpu']['median']:.3f} | {sp} | "
+                         f"{t['train_gflops']:.1f} ({t['train_gflops'] / peak:.0%}) | {t['eval_gflops']:.1f} |")
+    return lines
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--archs", default="small_cnn,lenet")
-    ap.add_argument("--shards", default="50,200", help="shard sizes (models trained together)")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--n-test", type=int, default=2000, help="test images for the evaluation timing")
+    ap.add_argument("--quick", action="store_true", help="tiny workloads, 2 repeats: seconds")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; --quick 2)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--k", type=int, default=1200)
-    ap.add_argument("--out", default="results/benchmarks/engine.csv")
-    args = ap.parse_args()
-
-    peak = matmul_rate(args.threads)
-    xtr, ytr, xte, source = data()
-    parts = make_partitions(xtr, ytr, "dpa", args.k)
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} thread(s); "
-          f"fp32 matmul {peak:.1f} GFLOP/s; data: {source}, DPA k={args.k} (mean {parts.sizes().mean():.1f} images per model)")
-    rows = []
-    for arch in args.archs.split(","):
-        fwd = forward_flops_per_sample(build_model(arch, 1, 28, 28, 10), 1, 28, 28)
-        for B in (int(s) for s in args.shards.split(",")):
-            sets = [(xtr[parts.members(m)], ytr[parts.members(m)]) for m in range(B)]
-            n_images = int(sum(len(y) for _, y in sets))
-            for eb in (8, 1000):
-                cfg = TrainConfig(arch=arch, epochs=args.epochs, cpu_threads=args.threads, eval_batch_size=eb)
-                torch.set_num_threads(args.threads)
-                t0 = time.perf_counter()
-                train_shard(sets, list(range(B)), xte[:8], 10, cfg, progress=False)
-                t_train = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                train_shard(sets, list(range(B)), xte[: args.n_test], 10, cfg, progress=False)
-                t_eval = max(time.perf_counter() - t0 - t_train, 1e-9)
-                train_rate = 3 * fwd * n_images * args.epochs / t_train / 1e9
-                eval_rate = fwd * B * args.n_test / t_eval / 1e9
-                per_model = t_train / B + t_eval / B * (len(xte) / args.n_test)
-                row = {
-                    "arch": arch, "shard_models": B, "eval_batch_size": eb, "epochs": args.epochs, "threads": args.threads,
-                    "matmul_gflops": round(peak, 1), "train_gflops": round(train_rate, 2), "train_fraction": round(train_rate / peak, 3),
-                    "eval_gflops": round(eval_rate, 2), "eval_fraction": round(eval_rate / peak, 3),
-                    f"k{args.k}_ensemble_s": round(per_model * args.k, 1), "data": source,
-                }
-                rows.append(row)
-                print(f"{arch:9s} B={B:4d} eval_batch_size={eb:5d}: train {train_rate:6.2f} GFLOP/s ({train_rate / peak:5.1%}), "
-                      f"eval {eval_rate:6.2f} GFLOP/s ({eval_rate / peak:5.1%}); DPA k={args.k} ensemble (train + 10,000 tests) "
-                      f"{per_model * args.k / 60:.1f} min on {args.threads} thread(s)", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {args.out}")
+    ap.add_argument("--archs", default="", help="only these archs (comma-separated)")
+    ap.add_argument("--methods", default="engine,loop,func")
+    ap.add_argument("--ensemble", action="store_true", help="also the DPA k=1200 small_cnn ensemble (one shard, extrapolated)")
+    ap.add_argument("--ensemble-models", type=int, default=50)
+    ap.add_argument("--ensemble-epochs", type=int, default=10)
+    ap.add_argument("--out", default="results/benchmarks/engine")
+    ap.add_argument("--label", default="", help="a name for this run in the output files (e.g. before)")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    wls = [w for w in workloads(args.quick) if not args.archs or w.arch in args.archs.split(",")]
+    fm = None
+    if any(w.data == "fmnist" for w in wls):
+        sets, xte, source = dpa_sets(max(w.n_models for w in wls if w.data == "fmnist"))
+        fm = (sets, xte, source)
+    peak = matmul_gflops(512 if args.quick else 1024)
+    env = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other agents' jobs)",
+           "torch": torch.__version__, "threads": args.threads, "repeats": repeats, "matmul_gflops": peak,
+           "fmnist_source": fm[2] if fm else None, "command": "python benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(f"{env['machine']}; torch {env['torch']}, {args.threads} thread(s), {repeats} interleaved repeats; fp32 matmul {peak:.1f} GFLOP/s (CPU time)",
+          flush=True)
+    ceilings = {}
+    results = []
+    for w in wls:
+        key = f"{w.arch}@{'x'.join(map(str, w.shape))}"
+        if key not in ceilings:
+            f_rate, t_rate = dense_gflops(w.arch, w.shape, batch=16 if args.quick else 128, reps=1 if args.quick else 3)
+            ceilings[key] = {"forward_gflops": f_rate, "train_gflops": t_rate}
+            print(f"ceiling {key}: one model at batch {16 if args.quick else 128}: forward {f_rate:.1f}, forward+backward {t_rate:.1f} GFLOP/s", flush=True)
+        r = measure(w, repeats, args.threads, methods, fm)
+        results.append(r)
+        print("\n".join(fmt_table([r], peak)[2:]), flush=True)
+    ens = None
+    if args.ensemble:
+        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads)
+        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}): "
+              f"{ens['cpu_s_per_model']:.3f} CPU s per model over {ens['measured_models']} models -> {ens['extrapolated_cpu_min']:.1f} CPU min",
+              flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "engine" + (f"_{args.label}" if args.label else "") + ("_quick" if args.quick else "")
+    (out / f"{stem}.json").write_text(json.dumps({"env": env, "ceilings": ceilings, "results": results, "ensemble": ens}, indent=1))
+    md = [f"Machine: {env['machine']}; torch {env['torch']}; {args.threads} thread(s); {repeats} interleaved repeats; "
+          f"fp32 matmul {peak:.1f} GFLOP/s. Command: `{env['command']}`", ""]
+    md += fmt_table(results, peak)
+    md += ["", "| ceiling | forward GFLOP/s | forward + backward GFLOP/s |", "|---|---|---|"]
+    md += [f"| {k} one model, dense | {v['forward_gflops']:.1f} | {v['train_gflops']:.1f} |" for k, v in ceilings.items()]
+    if ens:
+        md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests): {ens['cpu_s_per_model']:.3f} CPU s per model "
+               f"({ens['measured_models']} models measured), {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out / stem}.json and .md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

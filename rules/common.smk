@@ -126,10 +126,17 @@ def dataset_file(wildcards):
 def _recorded_train(e):
     """The experiment's training config as the jobs get it: options added after results existed
     (LATER_TRAIN_DEFAULTS) are left out at their old behaviour, so adding them reruns nothing.
+    ``strategy: auto`` is recorded resolved (the measured choice for the arch and the jobs' device):
+    a change of that choice retrains exactly the models whose strategy changed.
     """
+    train = dict(e["train"])
+    if train.get("strategy", "auto") == "auto":
+        from poisoncert.train import TrainConfig, resolve_strategy
+
+        train["strategy"] = resolve_strategy(TrainConfig(arch=train.get("arch", "small_cnn")), _device_kind())
     return {
         key: v
-        for key, v in e["train"].items()
+        for key, v in train.items()
         if key not in LATER_TRAIN_DEFAULTS or v != LATER_TRAIN_DEFAULTS[key]
     }
 

@@ -42,8 +42,11 @@ CFG = TrainConfig(arch="small_cnn", epochs=3, batch_size=8, lr=0.05, crop_paddin
                   cpu_threads=1)  # 1 thread: robust to a busy shared CPU
 #: TrivialAugment on top of crop and flip (poisoncert.augment): the same contract must hold
 CFG_TA = dataclasses.replace(CFG, augment="trivial_augment")
-# masked BatchNorm path: NiN is BN-heavy; keep it to 1 epoch of a handful of samples
-CFG_BN = TrainConfig(arch="nin", epochs=1, batch_size=4, lr=0.02, crop_padding=1, group_size=0, cpu_threads=1)
+# masked BatchNorm path: NiN is BN-heavy; keep it to 1 epoch of a handful of samples. strategy="grouped":
+# NiN's measured CPU default (strategy auto) is dense, which has no masked BatchNorm
+CFG_BN = TrainConfig(arch="nin", epochs=1, batch_size=4, lr=0.02, crop_padding=1, group_size=0, cpu_threads=1, strategy="grouped")
+#: the dense strategy (each model alone through its nn.Module): the same contract must hold
+CFG_DENSE = dataclasses.replace(CFG, strategy="dense", group_size=2)
 
 
 def _poison(sets, j, rng):
@@ -57,8 +60,10 @@ def _poison(sets, j, rng):
     return out
 
 
-@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN, CFG_TA, dataclasses.replace(CFG_TA, group_size=2)],
-                         ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn", "trivial_augment", "trivial_augment_groups_of_2"])
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN, CFG_TA, dataclasses.replace(CFG_TA, group_size=2),
+                                 CFG_DENSE, dataclasses.replace(CFG_BN, strategy="auto")],
+                         ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn", "trivial_augment", "trivial_augment_groups_of_2",
+                              "small_cnn_dense", "nin_auto_dense"])
 @pytest.mark.parametrize("victim", [1, 3], ids=["empty_becomes_largest", "small_becomes_largest"])
 def test_shard_invariance_neighbour_poisoned(data, cfg, victim):
     sets, test_images, _ = data
@@ -301,3 +306,45 @@ def test_trivial_augment_is_per_image_and_changes_the_training_images(rng):
         assert out.dtype == torch.uint8 and out.shape == one.shape
         assert torch.equal(out, one) == (name == "identity"), name
         assert torch.equal(augment_batch(one, torch.tensor([i]), torch.tensor([0.0])), one) or name == "auto_contrast", name
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+
+
+def test_strategy_auto_resolves_per_arch_and_device_and_bad_ones_are_refused():
+    from poisoncert.train import STRATEGY_TABLE, resolve_strategy
+
+    assert resolve_strategy(TrainConfig(arch="nin"), "cpu") == STRATEGY_TABLE[("nin", "cpu")] == "dense"
+    assert resolve_strategy(TrainConfig(arch="small_cnn"), "cpu") == "grouped"
+    assert resolve_strategy(TrainConfig(arch="nin", strategy="grouped"), "cpu") == "grouped"
+    with pytest.raises(PoisonCertError, match="unknown strategy 'fast'; valid ones: auto, grouped, dense"):
+        TrainConfig(strategy="fast")
+
+
+def test_dense_strategy_matches_reference_loop_and_ignores_group_size(data):
+    """strategy="dense" trains each model alone with dense kernels: its logits agree with the
+    reference loop up to float rounding (channels_last, evaluation batch) and do not change by a bit
+    with the group size or the shard's other models."""
+    sets, test_images, test_labels = data
+    sets = [s for s in sets if len(s[1])]
+    seeds = [1, 2, 3, 4]
+    dense = train_shard(sets, seeds, test_images, N_CLASSES, CFG_DENSE, device="cpu", progress=False)
+    ref = np.stack([train_one(s, sd, test_images, N_CLASSES, CFG, device="cpu") for s, sd in zip(sets, seeds)])
+    np.testing.assert_allclose(dense, ref, rtol=1e-3, atol=1e-3)
+    assert (dense.argmax(-1) == test_labels).mean() > 0.5
+    for g in (1, 3, 0):
+        other = train_shard(sets[1:], seeds[1:], test_images, N_CLASSES, dataclasses.replace(CFG_DENSE, group_size=g),
+                            device="cpu", progress=False)
+        assert np.array_equal(other, dense[1:]), g
+
+
+def test_deterministic_mode_skips_the_nan_fill_and_restores_it():
+    """The engine does not pay deterministic mode's NaN fill of new tensors (a third of small_cnn's
+    evaluation time); the setting is restored afterwards."""
+    from poisoncert.train import deterministic_mode
+
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    with deterministic_mode(CFG):
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory == before

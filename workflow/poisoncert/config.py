@@ -292,9 +292,10 @@ def canonical(value: Any, schema: dict[str, Any], node: dict[str, Any] | None = 
 
 
 #: Training options added after results existed, at the value that reproduces the old behaviour
-#: (a shard written before ``TrainConfig.augment`` trained exactly as ``augment: none``): the
+#: (a shard written before ``TrainConfig.augment`` trained exactly as ``augment: none``, one
+#: written before ``TrainConfig.strategy`` as ``strategy: grouped``): the
 #: rules leave them out of a job's config at that value (no rerun), aggregate fills them in.
-LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": "none"}
+LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": "none", "strategy": "grouped"}
 
 
 def ensembles(cfg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -362,19 +362,18 @@ def batched_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torc
 # --------------------------------------------------------------------------------------------
 
 
-def forward_flops_per_sample(model: nn.Module, in_channels: int, height: int, width: int) -> int:
-    """Multiply-add FLOPs (2 per MAC) of conv and linear layers for one sample's forward pass."""
-    total = 0
+def layer_flops_per_sample(model: nn.Module, in_channels: int, height: int, width: int) -> list[int]:
+    """Multiply-add FLOPs (2 per MAC) of each conv and linear layer for one sample's forward pass,
+    in the order the layers run."""
+    flops: list[int] = []
     hooks = []
 
     def conv_hook(m, inp, out):
-        nonlocal total
         kh, kw = m.kernel_size
-        total += 2 * out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+        flops.append(2 * out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw)
 
     def lin_hook(m, inp, out):
-        nonlocal total
-        total += 2 * out.numel() // out.shape[0] * m.in_features
+        flops.append(2 * out.numel() // out.shape[0] * m.in_features)
 
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -388,9 +387,17 @@ def forward_flops_per_sample(model: nn.Module, in_channels: int, height: int, wi
     model.train(was_training)
     for hk in hooks:
         hk.remove()
-    return total
+    return flops
+
+
+def forward_flops_per_sample(model: nn.Module, in_channels: int, height: int, width: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of conv and linear layers for one sample's forward pass."""
+    return sum(layer_flops_per_sample(model, in_channels, height, width))
 
 
 def training_flops_per_sample(model: nn.Module, in_channels: int, height: int, width: int) -> int:
-    """Forward + backward (weight and input gradients) ~= 3x the forward FLOPs."""
-    return 3 * forward_flops_per_sample(model, in_channels, height, width)
+    """One training step's FLOPs per sample: the forward pass, the weight gradient of every layer
+    (as many FLOPs as its forward) and the input gradient of every layer but the first (the image
+    needs none): 3 x forward - the first layer's forward."""
+    flops = layer_flops_per_sample(model, in_channels, height, width)
+    return 3 * sum(flops) - (flops[0] if flops else 0)

@@ -79,6 +79,8 @@ __all__ = [
     "train_one",
     "runtime_fingerprint",
     "resolve_device",
+    "resolve_strategy",
+    "STRATEGIES",
     "device_name",
     "deterministic_mode",
     "STD_FLOOR",
@@ -88,6 +90,26 @@ STD_FLOOR = 1e-2
 """Lower bound on a channel's std (on the [0, 1] scale) so constant data does not divide by 0."""
 
 _RNG_TAG = 0x5EED
+
+STRATEGIES = ("grouped", "dense")
+"""How the engine executes a group of models (:attr:`TrainConfig.strategy`):
+
+* ``grouped``: the group's models vectorised: grouped convolutions (one group per model),
+  ``baddbmm`` linear layers, masked BatchNorm, minibatches padded to ``batch_size`` rows;
+* ``dense``: each model alone through its own ``nn.Module`` with dense kernels (the plain loop's
+  kernels, ``channels_last``; the last minibatch of an epoch keeps its real rows only), one after
+  the other; ``group_size`` then changes no bits.
+"""
+
+STRATEGY_TABLE: dict[tuple[str, str], str] = {
+    ("nin", "cpu"): "dense",
+    ("resnet18", "cpu"): "dense",
+}
+"""``strategy: auto`` per (arch, device type), chosen by ``benchmarks/bench_engine.py`` (CPU; every pair
+not listed is ``grouped``). On one CPU thread the dense per-model convolutions of NiN and ResNet-18
+run at about half the fp32 matmul rate while their grouped convolutions reach a few percent: dense
+wins 10x there. small_cnn and lenet (1 input channel, tiny kernels) win grouped. CUDA is
+unmeasured: ``benchmarks/gpu_check.py`` compares the strategies on a GPU (issue 23)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,8 @@ class TrainConfig:
                          "functions of their sets). Random crop is crop_padding > 0, flips are hflip: true.", enum=AUGMENTATIONS)
     warmup_epochs: int = param(0, "Linear learning-rate warm-up: epoch e < warmup_epochs uses lr * (e + 1) / warmup_epochs.", minimum=0, maximum=100000)
     eval_batch_size: int = param(0, "Test images per forward pass (fixed per device, so logits never depend on the data). 0 = "
-                                 "auto: 8 on a CPU (the activations stay in the caches, about 7x faster than 1000), 1000 on a GPU.",
+                                 "auto: 1000 on a GPU; on a CPU 8 for the grouped strategy (the activations stay in the caches, about 7x faster "
+                                 "than 1000) and 128 for the dense one.",
                                  minimum=0, maximum=1000000)
     #: torch CPU threads while training (0 = leave torch's setting); see module doc. Set from the config's train_threads.
     cpu_threads: int = param(1, in_schema=False)
@@ -137,12 +160,18 @@ class TrainConfig:
                             "changing it can change the bits of the logits, so it retrains the ensemble.", minimum=0, maximum=4096)
     channels_last: bool = param(True, "Memory format of the vectorised engine's activations (a speed setting, but recorded: it "
                                 "may change the bits).")
+    strategy: str = param("auto", "How the engine executes the models (poisoncert.train.STRATEGIES): grouped (vectorised: "
+                          "grouped convolutions, one group per model), dense (each model alone with dense kernels) or auto "
+                          "(the measured choice per arch and device, poisoncert.train.STRATEGY_TABLE; the workflow records "
+                          "the resolved one). Part of a model's identity.", enum=("auto", "grouped", "dense"))
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise PoisonCertError(
                 f"unknown architecture {self.arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
             )
+        if self.strategy not in ("auto",) + STRATEGIES:
+            raise PoisonCertError(f"TrainConfig: unknown strategy {self.strategy!r}; valid ones: auto, {', '.join(STRATEGIES)}")
         if self.augment not in AUGMENTATIONS:
             raise PoisonCertError(f"TrainConfig: unknown augment {self.augment!r}; valid ones: {', '.join(AUGMENTATIONS)}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
@@ -314,11 +343,27 @@ def keep_freed_memory() -> None:
         pass
 
 
-def eval_batch_size(config: TrainConfig, dev: torch.device) -> int:
-    """Test images per forward pass: the config's, or for 0 (auto) 8 on a CPU (the activations of a
-    group stay in the caches: about 7x faster than 1000, benchmarks/bench_engine.py) and 1000 on a GPU.
-    Fixed per device, so a model's logits never depend on the data."""
-    return config.eval_batch_size or (1000 if dev.type == "cuda" else 8)
+def resolve_strategy(config: TrainConfig, device: str | torch.device | None = None) -> str:
+    """The execution strategy of ``config`` on ``device``: its ``strategy``, or for ``auto`` the
+    measured choice of :data:`STRATEGY_TABLE` for (arch, device type).
+
+    >>> resolve_strategy(TrainConfig(arch="nin"), "cpu"), resolve_strategy(TrainConfig(arch="small_cnn"), "cpu")
+    ('dense', 'grouped')
+    """
+    if config.strategy != "auto":
+        return config.strategy
+    kind = device.type if isinstance(device, torch.device) else resolve_device(device).type
+    return STRATEGY_TABLE.get((config.arch, kind), "grouped")
+
+
+def eval_batch_size(config: TrainConfig, dev: torch.device, strategy: str = "grouped") -> int:
+    """Test images per forward pass: the config's, or for 0 (auto) 1000 on a GPU and on a CPU 8 for
+    the grouped strategy (the activations of a group stay in the caches: about 7x faster than 1000)
+    or 128 for the dense one (a single model's kernels want larger batches; benchmarks/bench_engine.py).
+    Fixed per device and strategy, so a model's logits never depend on the data."""
+    if config.eval_batch_size:
+        return config.eval_batch_size
+    return 1000 if dev.type == "cuda" else (128 if strategy == "dense" else 8)
 
 
 def device_name(dev: torch.device) -> str:
@@ -350,8 +395,13 @@ def deterministic_mode(config: TrainConfig | None = None, seed: int | None = Non
             torch.backends.cuda.matmul.allow_tf32,
             torch.backends.cudnn.allow_tf32,
             torch.get_num_threads(),
+            torch.utils.deterministic.fill_uninitialized_memory,
         )
         torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every new tensor with NaN (a guard against kernels that read
+        # memory they did not write); our kernels write every output element, so the fill only costs:
+        # a third of small_cnn's evaluation time (issue 25, torch.profiler). Results are unchanged.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -370,6 +420,7 @@ def deterministic_mode(config: TrainConfig | None = None, seed: int | None = Non
             torch.backends.cudnn.allow_tf32 = prev[5]
             if torch.get_num_threads() != prev[6]:
                 torch.set_num_threads(prev[6])
+            torch.utils.deterministic.fill_uninitialized_memory = prev[7]
 
 
 def runtime_fingerprint(config: TrainConfig | None = None, device: str | None = None) -> dict:
@@ -446,6 +497,7 @@ def train_shard(
         _empty_warning(empty)
     dev = resolve_device(device)
     keep_freed_memory()
+    strategy = resolve_strategy(config, dev)
     G = config.group_size or B
     n_groups = -(-B // G)
     bar = None
@@ -466,18 +518,47 @@ def train_shard(
                 # pad the last group with empty dummies so that every group has G models
                 g_sets = g_sets + [blank] * (G - n_real)
                 g_seeds = g_seeds + [0] * (G - n_real)
-                out[g0: g0 + n_real] = _train_group(g_sets, g_seeds, test, shape, K, config, dev, bar)[:n_real]
+                fitted = _fit(g_sets, g_seeds, shape, K, config, dev, strategy, bar)
+                out[g0: g0 + n_real] = _evaluate(fitted, test, config, dev, strategy)[:n_real]
     finally:
         if bar is not None:
             bar.close()
+    return _finish(out, empty)
+
+
+def _finish(out: np.ndarray, empty: list[int]) -> np.ndarray:
     for i in empty:
         out[i] = 0.0
     return out
 
 
-def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainConfig, dev: torch.device,
-                 bar) -> np.ndarray:
-    """Train one group of G models vectorised; logits (G, n_test, K) as numpy."""
+def _fit(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, strategy: str, bar=None):
+    """Train one group of G models with ``strategy`` (:data:`STRATEGIES`); :func:`_evaluate` takes the result."""
+    if strategy == "grouped":
+        return _fit_group(sets, seeds, shape, K, config, dev, bar)
+    fitted = []
+    for (im, lb), sd in zip(sets, seeds):  # dense: each model alone, one after the other
+        fitted.append(_fit_one(im, lb, sd, shape, K, config, dev, channels_last=config.channels_last, fast=True) if len(lb) else None)
+    if bar is not None:
+        bar.update(config.epochs)
+    return K, fitted
+
+
+def _evaluate(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, strategy: str) -> np.ndarray:
+    """Logits (G, n_test, K) of a group fitted by :func:`_fit` (all-zero for an empty set under ``dense``)."""
+    if strategy == "grouped":
+        return _evaluate_group(fitted, test, config, dev)
+    K, models = fitted
+    out = np.zeros((len(models), test.shape[0], K), np.float32)
+    eb = eval_batch_size(config, dev, "dense")
+    for i, f in enumerate(models):
+        if f is not None:
+            out[i] = _evaluate_one(f, test, eb, dev, channels_last=config.channels_last)
+    return out
+
+
+def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, bar):
+    """Train one group of G models vectorised; returns what :func:`_evaluate_group` needs."""
     B = len(sets)
     C, H, W = shape
     pad = config.crop_padding
@@ -566,14 +647,22 @@ def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainCo
         with torch.no_grad():
             active = torch.from_numpy(act_np).to(dev)
             lr_t = torch.from_numpy(lr_np).to(dev)
-            for p, g, m in zip(params, grads, bufs):
-                view = (B,) + (1,) * (p.dim() - 1)
-                a = active.view(view)
-                d = g + wd * p if wd else g
-                m_new = m * mom + d
-                step = d + mom * m_new if config.nesterov else m_new
-                p.copy_(torch.where(a, p - lr_t.view(view) * step, p))
-                m.copy_(torch.where(a, m_new, m))
+            # SGD (weight decay, momentum, Nesterov) as torch.optim.SGD computes it, with one foreach
+            # op per stage instead of one op per parameter; the same float operations in the same
+            # order as per parameter, so the same bits.
+            grads = list(grads)
+            d = torch._foreach_add(grads, torch._foreach_mul(params, wd)) if wd else grads
+            m_new = torch._foreach_add(torch._foreach_mul(bufs, mom), d)
+            step = torch._foreach_add(d, torch._foreach_mul(m_new, mom)) if config.nesterov else m_new
+            step = [lr_t.view((B,) + (1,) * (p.dim() - 1)) * st for p, st in zip(params, step)]
+            if act_np.all():  # every model steps (the common case): no select needed
+                torch._foreach_sub_(params, step)
+                torch._foreach_copy_(bufs, m_new)
+            else:
+                for p, m, mn, st in zip(params, bufs, m_new, step):
+                    a = active.view((B,) + (1,) * (p.dim() - 1))
+                    p.copy_(torch.where(a, p - st, p))
+                    m.copy_(torch.where(a, mn, m))
             for name, rm_new, rv_new in ctx.bn_updates:
                 a = active.view(B, 1)
                 state[name + ".running_mean"].copy_(torch.where(a, rm_new, state[name + ".running_mean"]))
@@ -586,7 +675,16 @@ def _train_group(sets, seeds, test: torch.Tensor, shape, K: int, config: TrainCo
     if bar is not None and T == 0:
         bar.update(config.epochs)
 
-    # ---- evaluation (running BN statistics), fixed chunks of the test set ------------------
+    return template, state, mean_b, std_b
+
+
+def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device) -> np.ndarray:
+    """Logits (G, n_test, K) of a fitted group: running BN statistics, fixed chunks of the test set."""
+    template, state, mean_b, std_b = fitted
+    B = mean_b.shape[0]
+    _, C, H, W = test.shape
+    K = state[[n for n, _ in template.named_parameters()][-1]].shape[1]
+    cl = torch.channels_last if config.channels_last else torch.contiguous_format
     n_test = test.shape[0]
     out = torch.empty(B, n_test, K, dtype=torch.float32)
     eb = eval_batch_size(config, dev)
@@ -609,52 +707,98 @@ def train_one(train_set, seed, test_images, n_classes, config: TrainConfig, devi
     """Train one model alone with a plain loop; float32 logits (n_test, n_classes).
 
     Same initial weights, minibatches and augmentation draws as :func:`train_shard`; differs from
-    it only by float rounding (different kernel shapes)."""
+    it only by float rounding (different kernel shapes). The reference implementation: contiguous
+    (NCHW) activations and the config's ``eval_batch_size`` resolved as for the grouped strategy,
+    whatever ``config.strategy`` says."""
     test_images, shape, K = _validate_common(test_images, n_classes)
     seed = _check_seed(seed)
     images, labels = _check_set(0, train_set[0], train_set[1], shape, K)
-    n = len(labels)
-    n_test = test_images.shape[0]
-    if n == 0:
+    if len(labels) == 0:
         _empty_warning([0])
-        return np.zeros((n_test, K), np.float32)
+        return np.zeros((test_images.shape[0], K), np.float32)
     dev = resolve_device(device)
+    with deterministic_mode(config):
+        test = torch.from_numpy(np.ascontiguousarray(test_images)).to(dev)
+        fitted = _fit_one(images, labels, seed, shape, K, config, dev, channels_last=False)
+        return _evaluate_one(fitted, test, eval_batch_size(config, dev, "grouped"), dev, channels_last=False)
+
+
+def _fit_one(images: np.ndarray, labels: np.ndarray, seed: int, shape, K: int, config: TrainConfig, dev: torch.device,
+             channels_last: bool, fast: bool = False):
+    """One model trained alone (nn.Module + torch.optim.SGD, the model's own minibatch stream);
+    returns what :func:`_evaluate_one` needs. The reference loop and (``fast``: foreach SGD, BatchNorm
+    folded into the preceding convolution for evaluation) the ``dense`` strategy."""
+    n = len(labels)
     C, H, W = shape
     pad = config.crop_padding
-    with deterministic_mode(config):
-        model = _init_model(config, shape, K, seed).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay, nesterov=config.nesterov)
-        m_np, s_np = channel_stats(images)
-        mean = torch.tensor(m_np, dtype=torch.float32, device=dev).view(C, 1, 1)
-        std = torch.tensor(s_np, dtype=torch.float32, device=dev).view(C, 1, 1)
-        padded = np.zeros((n, C, H + 2 * pad, W + 2 * pad), np.uint8)
-        padded[:, :, pad: pad + H, pad: pad + W] = images
-        store = torch.from_numpy(padded).to(dev)
-        ys = torch.from_numpy(labels).to(dev)
-        stream = _Stream(n, seed, config)
-        model.train()
-        for t in range(stream.total_steps):
-            rows, offs, flips, ops, strengths, epoch = stream.batch(t)
-            for g in opt.param_groups:
-                g["lr"] = config.lr_at(epoch)
-            r = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
-            u8 = _crop_flip(store[r], torch.from_numpy(np.ascontiguousarray(offs)).to(dev),
-                            torch.from_numpy(np.ascontiguousarray(flips)).to(dev), H, W, pad, config.hflip)
-            if config.augment != "none":
-                u8 = augment_batch(u8, torch.from_numpy(np.ascontiguousarray(ops)).to(dev),
-                                   torch.from_numpy(np.ascontiguousarray(strengths)).to(dev))
-            x = _normalize(u8, mean, std)
-            logits = model(x)
-            loss = -(torch.log_softmax(logits, -1) * F.one_hot(ys[r], K).to(torch.float32)).sum(-1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        out = torch.empty(n_test, K, dtype=torch.float32)
-        test = torch.from_numpy(np.ascontiguousarray(test_images)).to(dev)
-        with torch.no_grad():
-            eb = eval_batch_size(config, dev)
-            for s in range(0, n_test, eb):
-                out[s: s + eb] = model(_normalize(test[s: s + eb], mean, std)).cpu()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = _init_model(config, shape, K, seed).to(dev, memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=config.nesterov, foreach=True if fast else None)
+    m_np, s_np = channel_stats(images)
+    mean = torch.tensor(m_np, dtype=torch.float32, device=dev).view(C, 1, 1)
+    std = torch.tensor(s_np, dtype=torch.float32, device=dev).view(C, 1, 1)
+    padded = np.zeros((n, C, H + 2 * pad, W + 2 * pad), np.uint8)
+    padded[:, :, pad: pad + H, pad: pad + W] = images
+    store = torch.from_numpy(padded).to(dev)
+    ys = torch.from_numpy(labels).to(dev)
+    stream = _Stream(n, seed, config)
+    model.train()
+    for t in range(stream.total_steps):
+        rows, offs, flips, ops, strengths, epoch = stream.batch(t)
+        for g in opt.param_groups:
+            g["lr"] = config.lr_at(epoch)
+        r = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
+        u8 = _crop_flip(store[r], torch.from_numpy(np.ascontiguousarray(offs)).to(dev),
+                        torch.from_numpy(np.ascontiguousarray(flips)).to(dev), H, W, pad, config.hflip)
+        if config.augment != "none":
+            u8 = augment_batch(u8, torch.from_numpy(np.ascontiguousarray(ops)).to(dev),
+                               torch.from_numpy(np.ascontiguousarray(strengths)).to(dev))
+        x = _normalize(u8, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=fmt)
+        logits = model(x)
+        loss = -(torch.log_softmax(logits, -1) * F.one_hot(ys[r], K).to(torch.float32)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    if fast:
+        model = _fold_batchnorm(model)
+    return model, mean, std, K
+
+
+def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Evaluation only: every BatchNorm2d that directly follows a Conv2d (in an ``nn.Sequential`` or a
+    :class:`poisoncert.models.ResidualBlock`) folded into that convolution's weights and bias
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``), the BatchNorm replaced by the identity: the same
+    function up to float rounding, one pass over the activations fewer per layer."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .models import ResidualBlock
+
+    with torch.no_grad():
+        if isinstance(module, (torch.nn.Sequential, ResidualBlock)):
+            names = [n for n, _ in module.named_children()]
+            for a, b in zip(names, names[1:]):
+                conv, bn = getattr(module, a), getattr(module, b)
+                if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats:
+                    setattr(module, a, fuse_conv_bn_eval(conv, bn))
+                    setattr(module, b, torch.nn.Identity())
+        for _, child in module.named_children():
+            _fold_batchnorm(child)
+    return module
+
+
+def _evaluate_one(fitted, test: torch.Tensor, eb: int, dev: torch.device, channels_last: bool) -> np.ndarray:
+    """Logits (n_test, K) of a model from :func:`_fit_one`, ``eb`` test images per forward pass."""
+    model, mean, std, K = fitted
+    n_test = test.shape[0]
+    out = torch.empty(n_test, K, dtype=torch.float32)
+    with torch.inference_mode():
+        for s in range(0, n_test, eb):
+            x = _normalize(test[s: s + eb], mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out[s: s + eb] = model(x).cpu()
     return out.numpy()

@@ -73,7 +73,7 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     """
     import torch
 
-    from ..train import device_name, resolve_device, runtime_fingerprint
+    from ..train import device_name, resolve_device, resolve_strategy, runtime_fingerprint
 
     torch.set_num_threads(threads)
     ds = read_dataset(dataset_file)
@@ -91,6 +91,7 @@ def train(dataset_file: str, partitions_file: str, out: str, shard: int, shard_s
     seeds = [int(parts.seeds[m]) for m in models]
     cfg = train_config(train_fields, threads)
     dev = resolve_device(device)
+    cfg = dataclasses.replace(cfg, strategy=resolve_strategy(cfg, dev))  # recorded resolved: part of the identity
     fit = impl.fit_predict(Shard(ds, [parts.members(m) for m in models], seeds, pmeta, cfg, dev.type, threads, progress, upstream,
                                  options or {}))
     logits, extra, extra_meta = fit.logits, fit.arrays, fit.meta

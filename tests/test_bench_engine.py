@@ -1,0 +1,32 @@
+"""benchmarks/bench_engine.py --quick runs end to end (so the benchmark cannot rot); no timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    spec = importlib.util.spec_from_file_location("bench_engine", repo_root / "benchmarks" / "bench_engine.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_engine"] = mod  # its dataclass needs its module registered
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
+    assert bench.main(["--quick", "--repeats", "1", "--archs", "small_cnn,nin", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "engine_quick.json").read_text())
+    assert res["env"]["threads"] == 1 and res["env"]["matmul_gflops"] > 0
+    assert {r["arch"] for r in res["results"]} == {"small_cnn", "nin"}
+    for r in res["results"]:
+        assert set(r["methods"]) == {"engine", "loop", "func"}
+        assert r["strategy"] == ("dense" if r["arch"] == "nin" else "grouped")
+        for t in r["methods"].values():
+            assert 0 < t["train_cpu"]["min"] <= t["train_cpu"]["median"] and t["eval_cpu"]["min"] > 0
+    md = (tmp_path / "engine_quick.md").read_text()
+    assert "| small_cnn | 28x28x1 |" in md and "speed-up" in md
