@@ -41,7 +41,6 @@ extractor's, a function of the set of unlabeled images (semisup's contract).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -123,27 +122,19 @@ def fit_predict(
     checked for length only (the rules are deterministic). An empty partition gets zero logits
     (a vote for class 0) and a warning, as in the other learners.
     """
-    from .semisup import check_feature_sets
+    from .learners.base import check_feature_sets, per_partition
 
     ftr, ytr, fte = check_feature_sets(train_features, train_labels, members, seeds, test_features, n_classes, np.float64)
-    out = np.zeros((len(members), len(fte), n_classes), np.float32)
-    empty = []
-    for b, idx in enumerate(members):
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            empty.append(b)
-            continue
+
+    def fit_one(b: int, idx: np.ndarray, seed: int) -> np.ndarray:
         f, y = ftr[idx], ytr[idx]
         o = canonical_order(f, y)
         f, y = np.ascontiguousarray(f[o]), y[o]
         if config.classifier == "centroid":
-            out[b] = _centroid_logits(f, y, fte, n_classes)
-        else:
-            out[b] = _knn_logits(f, y, fte, n_classes, config.knn_k)
-    if empty:
-        warnings.warn(f"{len(empty)} of {len(members)} frozen-feature classifiers have an empty partition (first: {empty[:5]});"
-                      " they output zero logits (a vote for class 0)", stacklevel=2)
-    return out
+            return _centroid_logits(f, y, fte, n_classes)
+        return _knn_logits(f, y, fte, n_classes, config.knn_k)
+
+    return per_partition(members, seeds, len(fte), n_classes, fit_one, "frozen-feature classifiers")
 
 
 def frozen_features(state: dict[str, Any], train_images: np.ndarray, test_images: np.ndarray,

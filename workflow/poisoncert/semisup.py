@@ -39,7 +39,6 @@ Pure functions: no file I/O. Torch is imported lazily.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -47,6 +46,7 @@ import numpy as np
 
 from .data import canonical_order, row_keys
 from .errors import PoisonCertError
+from .learners.base import check_feature_sets, per_partition
 from .schema import param
 
 __all__ = [
@@ -786,40 +786,6 @@ def _train_one_head(f: np.ndarray, y: np.ndarray, seed: int, test: np.ndarray, n
     return forward(test.astype(np.float64), params)[0].astype(np.float32)
 
 
-def check_feature_sets(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    members: Sequence[np.ndarray],
-    seeds: Sequence[int],
-    test_features: np.ndarray,
-    n_classes: int,
-    dtype: type = np.float32,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The checks of every per-partition learner on shared features (the SS-DPA heads,
-    :mod:`poisoncert.frozen`): (N, F) / (n_test, F) finite features, one label in [0, n_classes)
-    per training row, one seed per partition. Returns the features as ``dtype`` (test rows
-    contiguous) and the labels as int64; raises :class:`PoisonCertError` with one line.
-
-    >>> f, y, t = check_feature_sets(np.zeros((2, 3)), np.array([0, 1]), [np.array([0, 1])], [0], np.zeros((1, 3)), 2)
-    >>> f.dtype, y.dtype, t.shape
-    (dtype('float32'), dtype('int64'), (1, 3))
-    """
-    ftr = np.asarray(train_features, dtype=dtype)
-    ytr = np.asarray(train_labels)
-    fte = np.ascontiguousarray(np.asarray(test_features, dtype=dtype))
-    if ftr.ndim != 2 or fte.ndim != 2 or ftr.shape[1] != fte.shape[1]:
-        raise PoisonCertError(f"features must be (N, F) and (n_test, F), got {ftr.shape} and {fte.shape}")
-    if ytr.shape != (len(ftr),):
-        raise PoisonCertError(f"train_labels must be ({len(ftr)},), got {ytr.shape}")
-    if len(members) != len(seeds):
-        raise PoisonCertError(f"{len(members)} partitions but {len(seeds)} seeds")
-    if len(ytr) and (ytr.min() < 0 or ytr.max() >= n_classes):
-        raise PoisonCertError(f"train_labels must lie in [0, {n_classes})")
-    if not (np.isfinite(ftr).all() and np.isfinite(fte).all()):
-        raise PoisonCertError("features contain NaN/inf")
-    return ftr, ytr.astype(np.int64), fte
-
-
 def train_heads(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -837,20 +803,13 @@ def train_heads(
     the other partitions hold. An empty partition gets zero logits (a vote for class 0) and a warning.
     """
     ftr, ytr, fte = check_feature_sets(train_features, train_labels, members, seeds, test_features, n_classes, np.float32)
-    out = np.zeros((len(members), len(fte), n_classes), np.float32)
-    empty = []
-    for b, (idx, seed) in enumerate(zip(members, seeds)):
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            empty.append(b)
-            continue
+
+    def fit_one(b: int, idx: np.ndarray, seed: int) -> np.ndarray:
         f, y = ftr[idx], ytr[idx]
         o = canonical_order(f, y)
-        out[b] = _train_one_head(np.ascontiguousarray(f[o]), y[o], int(seed), fte, n_classes, config)
-    if empty:
-        warnings.warn(f"{len(empty)} of {len(members)} SS-DPA heads have an empty partition (first: {empty[:5]});"
-                      " they output zero logits (a vote for class 0)", stacklevel=2)
-    return out
+        return _train_one_head(np.ascontiguousarray(f[o]), y[o], int(seed), fte, n_classes, config)
+
+    return per_partition(members, seeds, len(fte), n_classes, fit_one, "SS-DPA heads")
 
 
 def _build_head(kind: str, feature_shape: Sequence[int], n_classes: int, config: SGDHeadConfig):
@@ -948,22 +907,15 @@ def train_base_heads(
     sgd = config.nin_block if kind == "nin_block" else config.linear
     test_raw = extract_features(state, xte, device, standardize=False)
     shape = tuple(state.get("feature_shape", test_raw.shape[1:]))
-    out = np.zeros((len(members), len(xte), n_classes), np.float32)
-    empty = []
     with deterministic_mode(seed=ext.seed):
         frozen = _Frozen(state, device)
         test_t = torch.from_numpy(test_raw).to(frozen.dev)
-        for b, (idx, seed) in enumerate(zip(members, seeds)):
-            idx = np.asarray(idx, dtype=np.int64)
-            if len(idx) == 0:
-                empty.append(b)
-                continue
+
+        def fit_one(b: int, idx: np.ndarray, seed: int) -> np.ndarray:
             im, lb = _check_set(b, xtr[idx], ytr[idx], frozen.shape, n_classes)
-            out[b] = _train_sgd_head(frozen, kind, im, lb, _check_seed(seed), test_t, n_classes, sgd, shape)
-    if empty:
-        warnings.warn(f"{len(empty)} of {len(members)} SS-DPA heads have an empty partition (first: {empty[:5]});"
-                      " they output zero logits (a vote for class 0)", stacklevel=2)
-    return out
+            return _train_sgd_head(frozen, kind, im, lb, _check_seed(seed), test_t, n_classes, sgd, shape)
+
+        return per_partition(members, seeds, len(xte), n_classes, fit_one, "SS-DPA heads")
 
 
 # ---------------------------------------------------------------------------------------------- App. B: 2-means
