@@ -17,7 +17,13 @@ Everything measured goes to ``$OUT`` (when set, e.g. on the lent device machine)
    the same for the SS-DPA learners: the paper's NiN RotNet extractor and its NiN-block heads, and
    the SimCLR ResNet-18 extractor (tiny sizes: repeat bit-identical, one label flip changes one
    head only; ``ssdpa_checks.json``);
-3. a DPA k=1200 NiN ensemble on Fashion-MNIST (60,000 / 10,000, real files when present) for
+3. the execution strategies on the device (issue 25): NiN at 28x28x1 and 32x32x3, a shard of
+   ``--strategy-models`` models of 50 images (1 epoch at the papers' batch 128, plus 1,000 test
+   images): the engine ``grouped`` at several group sizes, the engine ``dense`` (each model alone),
+   and the plain loop a user would write (one ``nn.Module``, ``torch.optim.SGD``, channels_last,
+   evaluation at batch 128); wall seconds with the device synchronised, the fastest strategy per
+   shape (``strategies.json``: what ``STRATEGY_TABLE`` should say for cuda);
+4. a DPA k=1200 NiN ensemble on Fashion-MNIST (60,000 / 10,000, real files when present) for
    ``--epochs`` epochs, extrapolated to the papers' 200 epochs, beside the DPA paper's 0.28
    GPU-minutes per partition (336 GPU-minutes for k=1200).
 
@@ -41,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from poisoncert.models import build_model, forward_flops_per_sample  # noqa: E402
+from poisoncert.models import build_model, training_flops_per_sample  # noqa: E402
 from poisoncert.train import TrainConfig, runtime_fingerprint, train_one, train_shard  # noqa: E402
 
 #: fp32 (non-tensor-core) peak of GPUs this may run on, TFLOP/s (vendor data sheets).
@@ -137,7 +143,7 @@ def throughput(device: str, toy: bool, deadline: float) -> list[dict]:
     sizes = [2, 4] if toy else [50, 100, 200, 400, 800, 1200]
     per_model = 20 if toy else 50
     for shape in ((1, 28, 28), (3, 32, 32)):
-        fwd = forward_flops_per_sample(build_model("nin", shape[0], shape[1], shape[2], 10), *shape)
+        trn = training_flops_per_sample(build_model("nin", shape[0], shape[1], shape[2], 10), *shape)
         best = 0.0
         for B in sizes:
             if time.time() > deadline:
@@ -155,7 +161,7 @@ def throughput(device: str, toy: bool, deadline: float) -> list[dict]:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
             images = per_model * B
-            tflops = 3 * fwd * images / dt / 1e12
+            tflops = trn * images / dt / 1e12
             name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
             peak = peak_for(name)
             rows.append({
@@ -167,6 +173,93 @@ def throughput(device: str, toy: bool, deadline: float) -> list[dict]:
             best = max(best, images / dt)
             print(rows[-1], flush=True)
     return rows
+
+
+def plain_loop(sets, seeds, test, cfg: TrainConfig, device: str) -> None:
+    """The papers' way: one nn.Module per partition, torch.optim.SGD, channels_last, evaluation at batch 128."""
+    import torch.nn.functional as F
+
+    from poisoncert.train import channel_stats
+
+    shape = tuple(test.shape[1:])
+    if device == "cpu":  # as the engine: one thread (two on two busy cores can run many times slower)
+        torch.set_num_threads(cfg.cpu_threads or 1)
+    xt_u8 = torch.from_numpy(test).to(device)
+    for (images, labels), seed in zip(sets, seeds):
+        torch.manual_seed(seed)
+        model = build_model(cfg.arch, *shape, 10).to(device, memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        m, s = channel_stats(images)
+        mean = torch.tensor(m, dtype=torch.float32, device=device).view(-1, 1, 1)
+        std = torch.tensor(s, dtype=torch.float32, device=device).view(-1, 1, 1)
+        x = ((torch.from_numpy(images).to(device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(len(y), generator=gen).to(device)
+            for i in range(0, len(y), cfg.batch_size):
+                b = perm[i: i + cfg.batch_size]
+                loss = F.cross_entropy(model(x[b]), y[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(xt_u8), 128):
+                model(((xt_u8[i: i + 128].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last))
+
+
+def strategies(device: str, toy: bool, n_models: int, deadline: float) -> dict:
+    """Grouped (several group sizes) vs dense vs the plain loop for NiN on ``device``; the fastest per shape."""
+    import dataclasses
+
+    from poisoncert.train import STRATEGY_TABLE
+
+    rows = []
+    groups = [2] if toy else [4, 8, 16, 32]
+    B = 2 if toy else n_models
+    per_model, n_test = (8, 16) if toy else (50, 1000)
+
+    def timed(fn):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        sets = synthetic_sets(B, per_model, shape, seed=3)
+        test = np.random.default_rng(4).integers(0, 256, (n_test,) + shape, dtype=np.uint8)
+        base = dataclasses.replace(nin_config(1), crop_padding=0)
+        candidates = [(f"grouped_g{g}", dataclasses.replace(base, strategy="grouped", group_size=g)) for g in groups]
+        candidates += [("dense", dataclasses.replace(base, strategy="dense", group_size=8)), ("plain_loop", base)]
+        for name, cfg in candidates:
+            if time.time() > deadline:
+                rows.append({"shape": "x".join(map(str, shape)), "strategy": name, "skipped": "time budget"})
+                continue
+            if name == "plain_loop":
+                fn = lambda: plain_loop(sets, list(range(B)), test, cfg, device)  # noqa: E731
+            else:
+                fn = lambda: train_shard(sets, list(range(B)), test, 10, cfg, device=device, progress=False)  # noqa: E731
+            fn() if not toy else None  # warm-up (kernel selection, allocator)
+            dt = timed(fn)
+            rows.append({"shape": "x".join(map(str, shape)), "strategy": name, "models": B, "seconds": round(dt, 4),
+                         "models_per_s": round(B / dt, 2),
+                         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None})
+            print(rows[-1], flush=True)
+    best = {}
+    for shape in {r["shape"] for r in rows}:
+        timed_rows = [r for r in rows if r["shape"] == shape and "seconds" in r and r["strategy"] != "plain_loop"]
+        if timed_rows:
+            b = min(timed_rows, key=lambda r: r["seconds"])
+            loop = next((r["seconds"] for r in rows if r["shape"] == shape and r["strategy"] == "plain_loop" and "seconds" in r), None)
+            best[shape] = {"fastest": b["strategy"], "seconds": b["seconds"], "speedup_vs_plain_loop": round(loop / b["seconds"], 2) if loop else None}
+    kind = "cuda" if device == "cuda" else "cpu"
+    return {"device": device, "rows": rows, "fastest": best, "current_table_nin": STRATEGY_TABLE.get(("nin", kind), "grouped")}
 
 
 def ensemble(device: str, toy: bool, epochs: int) -> dict:
@@ -209,6 +302,7 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="the same steps at toy size on the CPU")
     ap.add_argument("--epochs", type=int, default=3, help="epochs of the timed k=1200 ensemble")
     ap.add_argument("--budget-s", type=float, default=420, help="stop adding throughput points after this many seconds")
+    ap.add_argument("--strategy-models", type=int, default=32, help="models per shard in the strategy comparison")
     args = ap.parse_args()
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -224,12 +318,15 @@ def main() -> None:
     ssdpa = check_ssdpa_determinism(device, args.cpu)
     (out / "ssdpa_checks.json").write_text(json.dumps(ssdpa, indent=1))
     print(json.dumps(ssdpa, indent=1), flush=True)
-    rows = throughput(device, args.cpu, start + args.budget_s * 0.6)
+    rows = throughput(device, args.cpu, start + args.budget_s * 0.5)
     with open(out / "throughput.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+    strat = strategies(device, args.cpu, args.strategy_models, start + args.budget_s * 0.8)
+    (out / "strategies.json").write_text(json.dumps(strat, indent=1))
+    print(json.dumps(strat["fastest"], indent=1), flush=True)
     ens = ensemble(device, args.cpu, 1 if args.cpu else args.epochs)
     (out / "ensemble.json").write_text(json.dumps(ens, indent=1))
     print(json.dumps(ens, indent=1), flush=True)

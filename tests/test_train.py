@@ -262,6 +262,9 @@ def test_gpu_check_rehearses_on_the_cpu(repo_root, tmp_path):
     ssdpa = json.loads((tmp_path / "ssdpa_checks.json").read_text())
     assert ssdpa["rotnet_nin_repeat_bit_identical"] and ssdpa["simclr_resnet18_repeat_bit_identical"]
     assert ssdpa["nin_block_heads_repeat_bit_identical"] and ssdpa["nin_block_flip_changes_only_its_head"]
+    strategies = json.loads((tmp_path / "strategies.json").read_text())  # grouped vs dense vs the plain loop, per shape
+    assert set(strategies["fastest"]) == {"1x28x28", "3x32x32"}
+    assert {r["strategy"] for r in strategies["rows"]} >= {"grouped_g2", "dense", "plain_loop"}
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
