@@ -109,8 +109,9 @@ def prepare_args(wildcards):
     if registry.dataset(wildcards.dataset).embedded:
         return f"--seed {config['split_seed']}"
     download = " --download" if config["download"] else ""
-    root = os.path.normpath(config["data_root"])  # 'data/', './data' and 'data' are one folder: one rerun trigger
-    root = os.path.join(".", root) if root.startswith("-") else root  # never read as a flag
+    # 'data/', './data' and 'data' are one folder: one rerun trigger; never read as a flag
+    root = os.path.normpath(config["data_root"])
+    root = os.path.join(".", root) if root.startswith("-") else root
     return f"--root {shlex.quote(root)}{download}"
 
 
@@ -157,7 +158,8 @@ def train_args(wildcards):
 
 def _explicit_offsets(e, k, d):
     """The experiment's FA spread offsets for ensemble (k, d); None where they are the default R as a
-    set (FA spreads bucket j to {(j + r) mod kd : r in R}): writing the default out reruns nothing."""
+    set (FA spreads bucket j to {(j + r) mod kd : r in R}): writing the default out reruns nothing.
+    """
     from poisoncert.partition import default_fa_offsets
 
     offsets = e["offsets"]
@@ -182,9 +184,11 @@ def partition_selection_args(wildcards):
 
 def experiment_json(wildcards):
     """The whole validated experiment, recorded in the scores file's meta (aggregate, kmeans_scores):
-    canonical (poisoncert.config.canonical; default offsets as null), so equal settings rerun nothing."""
+    canonical (poisoncert.config.canonical; default offsets as null), so equal settings rerun nothing.
+    """
     e = experiment(wildcards)
-    if e["offsets"] is not None and _explicit_offsets(e, wildcards.k, wildcards.d) is None:
+    explicit = _explicit_offsets(e, wildcards.k, wildcards.d)
+    if e["offsets"] is not None and explicit is None:
         e = {**e, "offsets": None}
     return json.dumps(e)
 
@@ -265,7 +269,8 @@ def extractor_input(wildcards):
 def extractor_arg(wildcards):
     """poison_check's --extractor flag (learner frozen retrains on the extractor's features)."""
     return " ".join(
-        f"--extractor {shlex.quote(path)}" for path in extractor_input(wildcards).values()
+        f"--extractor {shlex.quote(path)}"
+        for path in extractor_input(wildcards).values()
     )
 
 
