@@ -246,7 +246,8 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < (0 if name == "seed" else 1):
                 raise PoisonCertError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
         if not rec.uses_d and self.d != 1:
-            raise PoisonCertError(f"scheme '{rec.name}' has no d (got d={self.d}); d is for fa and dpa_star")
+            with_d = ", ".join(s.name for s in registry.SCHEMES.values() if s.uses_d)
+            raise PoisonCertError(f"scheme '{rec.name}' has no d (got d={self.d}); d is for {with_d}")
         if self.hash not in HASHES:
             raise PoisonCertError(f"hash must be one of {', '.join(HASHES)}, got {self.hash!r}")
         self._certificate_name()
