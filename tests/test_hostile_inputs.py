@@ -133,6 +133,8 @@ def _digits(**exp) -> dict:
 @pytest.mark.parametrize("config, key", [
     (_digits(train={"group_size": 100000}), "experiments.e.train.group_size"),  # was: OOM-killed, empty log
     (_digits(train={"batch_size": 100000000}), "experiments.e.train.batch_size"),  # was: OOM-killed
+    ({"shard_size": 5000, "experiments": {"e": {"dataset": "mnist", "scheme": "dpa", "k": [6000], "train": {"group_size": 0}}}},
+     "experiments.e.train.group_size"),  # 0 = the whole shard: 5,000 models in one group
     (_digits(train={"batch_size": 5000}), "experiments.e.train.batch_size"),  # more than digits' 1,437 training images
     ({**_digits(), "radii": [0, 1000000000]}, "radii[1]"),  # was: certify allocated 7.45 GiB
     ({"experiments": {"e": {"dataset": "digits", "scheme": "bagging", "k": [30], "n_models": 100000000}}}, "experiments.e.n_models"),
@@ -155,6 +157,10 @@ def test_sizes_are_refused_with_one_line(config, key):
     assert "\n" not in message
     if key is not None:
         assert (f"config key {key}" in message) or message.startswith(key), message
+
+
+def test_group_size_0_is_fine_where_the_shard_is_small():
+    validate_config({**_digits(train={"group_size": 0}), "shard_size": 5000})  # 3 models: one group of 3
 
 
 def test_the_bounds_sit_above_the_papers():

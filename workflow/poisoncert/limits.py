@@ -26,12 +26,14 @@ from . import registry
 from .errors import PoisonCertError
 from .partition import n_models
 
-__all__ = ["MAX_MODELS", "MAX_TRAIN_JOBS", "MAX_SELECTED", "check_ensemble", "check_sizes"]
+__all__ = ["MAX_GROUP", "MAX_MODELS", "MAX_TRAIN_JOBS", "MAX_SELECTED", "check_ensemble", "check_sizes"]
 
 #: Base models in one ensemble (FA k = 1200, d = 32 has 38,400).
 MAX_MODELS = 100_000
 #: Train jobs of one config, all ensembles together (one Snakemake job each: the DAG's size).
 MAX_TRAIN_JOBS = 100_000
+#: Models vectorised in one group (the schema's maximum of train.group_size; 0 = the whole shard).
+MAX_GROUP = 4096
 #: Training-set indices one ensemble's partitions file holds (the sum of its sets' sizes; 8 bytes each).
 MAX_SELECTED = 200_000_000
 
@@ -78,9 +80,11 @@ def check_sizes(cfg: dict[str, Any]) -> None:
         key = f"config key experiments.{name}"
         rec = registry.scheme(exp["scheme"])
         n_train = registry.dataset(exp["dataset"]).n_train
+        largest_ensemble = 0
         for k in exp["k"]:
             for d in exp["d"]:
                 t = check_ensemble(exp["scheme"], k, d, exp["n_models"], exp["clean_count"], key)
+                largest_ensemble = max(largest_ensemble, t)
                 if rec.trains:
                     jobs += -(-t // cfg["shard_size"])
         if exp["clean_count"] > n_train:
@@ -91,6 +95,12 @@ def check_sizes(cfg: dict[str, Any]) -> None:
             raise PoisonCertError(
                 f"{key}.train.batch_size: {train['batch_size']} is larger than any training set of this experiment can be ({largest} samples); "
                 "every minibatch is padded to batch_size, so choose at most that"
+            )
+        widest = min(cfg["shard_size"], largest_ensemble)  # models in one shard
+        if train["group_size"] == 0 and widest > MAX_GROUP:
+            raise PoisonCertError(
+                f"{key}.train.group_size: 0 vectorises the whole shard, here {widest} models in one group; "
+                f"at most {MAX_GROUP} are allowed: set group_size (e.g. 8) or a smaller shard_size"
             )
         if registry.learner(exp["learner"]).needs_extractor:
             batches = {"extractor.batch_size": exp["extractor"]["batch_size"]}
