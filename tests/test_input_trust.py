@@ -302,7 +302,9 @@ def test_every_verbs_argument_errors_are_one_line(capsys):
             cli_main([verb, "--no-such-flag"])
         assert info.value.code == 2
         line = _one_line(capsys.readouterr().err)
-        assert f"poisoncert {verb}: error:" in line and "--help" in line
+        # a verb with required arguments names them (its own parser); otherwise the top-level parser
+        # names the unrecognized flag: one line either way
+        assert line.startswith("poisoncert") and ": error:" in line and "--help" in line and ("required" in line or "--no-such-flag" in line)
     with pytest.raises(SystemExit):
         cli_main(["no-such-verb"])
     assert "invalid choice" in _one_line(capsys.readouterr().err)

@@ -198,17 +198,18 @@ def npz_memmap(path: str | os.PathLike, name: str) -> np.memmap | None:
             return None
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         start = info.header_offset + 30 + name_len + extra_len
+        # the whole member (its .npy header included) before anything of it is parsed or mapped
+        _verify_crc(path, name, start, info.file_size, info.CRC)
         fh.seek(start)
         try:
             version = np.lib.format.read_magic(fh)
             reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = reader(fh)
-        except ValueError:  # a corrupt member: let the ordinary reader report it in one line
+        except Exception:  # a foreign member whose CRC holds: let the ordinary reader report it in one line
             return None
         offset = fh.tell()
     if dtype.hasobject or (offset - start) + int(np.prod(shape)) * dtype.itemsize > info.file_size:
         return None
-    _verify_crc(path, name, start, info.file_size, info.CRC)
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 
 
