@@ -116,3 +116,11 @@ def test_certify_flags_and_radii_have_one_source(tmp_path):
     assert main(["certify", str(tmp_path / "s.npz"), "--certificate", "dpa", "--out-csv", str(tmp_path / "o.csv"), "--out-json", str(out)]) in (0, None)
     radii = [int(r) for r in json.loads(out.read_text())["certified_accuracy"]]
     assert radii == load_schema()["properties"]["radii"]["default"]
+
+
+def test_certificate_parameter_defaults_are_the_schemas():
+    from poisoncert import registry
+
+    experiment = load_schema()["$defs"]["experiment"]["properties"]
+    assert registry.PARAMETER_DEFAULTS == {"alpha": experiment["alpha"]["default"], "poisoning_model": experiment["poisoning_model"]["default"],
+                                           "n_clean": experiment["clean_count"]["default"]}

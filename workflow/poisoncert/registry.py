@@ -105,7 +105,20 @@ FLAGS: dict[str, str] = {
 
 #: Certificate parameters -> the value a certificate uses when neither the scores metadata nor the
 #: recorded experiment config sets one (the config schema's defaults).
-PARAMETER_DEFAULTS: dict[str, Any] = {"alpha": 0.001, "poisoning_model": "P6", "n_clean": 0}
+def _schema_parameter_defaults() -> dict[str, Any]:
+    """The config schema's defaults of ``experiments.<name>.alpha``, ``poisoning_model`` and
+    ``clean_count`` (one source: read from the schema, not restated here)."""
+    import yaml
+
+    from .package_data import package_path
+
+    with open(package_path("schemas", "config.schema.yaml"), encoding="utf-8") as fh:
+        experiment = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["$defs"]["experiment"]["properties"]
+    return {"alpha": experiment["alpha"]["default"], "poisoning_model": experiment["poisoning_model"]["default"],
+            "n_clean": experiment["clean_count"]["default"]}
+
+
+PARAMETER_DEFAULTS: dict[str, Any] = _schema_parameter_defaults()
 
 
 def _meta_value(meta: Mapping[str, Any], key: str, default: Any) -> Any:
