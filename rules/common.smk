@@ -280,10 +280,18 @@ def _train_upstream(exp):
     return {role: upstream_file(exp, role) for role in for_experiment(e).upstream}
 
 
-def train_extra_inputs(wildcards):
-    """The upstream files the experiment's learner reads (poisoncert.learners: the shared
-    label-free extractor, or the shared phi_2 of a two_phase experiment). Cached per experiment."""
-    return _train_upstream(wildcards.exp)
+@functools.lru_cache(maxsize=None)
+def _train_inputs(exp):
+    data = f"results/data/{config['experiments'][exp]['dataset']}.npz"
+    return {"data": data, **_train_upstream(exp)}
+
+
+def train_inputs(wildcards):
+    """A train job's dataset and the upstream files its learner reads (poisoncert.learners: the
+    shared label-free extractor, or the shared phi_2 of a two_phase experiment). One input
+    function, cached per experiment: Snakemake's per-call overhead is paid once per job (DAG
+    planning of 38,400 train jobs, benchmarks/bench_dag.py)."""
+    return _train_inputs(wildcards.exp)
 
 
 def shard_files(wildcards):

@@ -51,8 +51,7 @@ rule phase2:
 rule train:
     """Train one shard of base models (vectorised, deterministic) and write their test-set logits."""
     input:
-        unpack(train_extra_inputs),
-        data=dataset_file,
+        unpack(train_inputs),
         partitions=rules.partition.output[0],
     output:
         "results/{exp}/k{k}_d{d}/logits/shard{shard}.npz",
@@ -70,8 +69,6 @@ rule train:
         args=train_args,
         shard_size=config["shard_size"],
         runtime=train_runtime(),
-    message:
-        "train {wildcards.exp} k={wildcards.k} d={wildcards.d} shard {wildcards.shard} (progress: tail -f {log})"
     shell:
         "poisoncert train --dataset-file {input.data:q} --partitions {input.partitions:q} --out {output:q} "
         "--shard {wildcards.shard} --shard-size {params.shard_size} {params.args} "
