@@ -139,10 +139,21 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_keys(config)
     cfg = copy.deepcopy(config)
     _learner_defaults(cfg)
+    exps = cfg.get("experiments")
+    unnamed = {n for n, e in exps.items() if isinstance(e, dict) and "learner" not in e} if isinstance(exps, dict) else set()
     schema = load_schema()
     error = best_match(_Validator(schema).iter_errors(cfg))
     if error is not None:
         raise PoisonCertError(_message(error))
+    for name in unnamed:  # the schema's default learner is the supervised one; a scheme may have only its own
+        cfg["experiments"][name]["learner"] = registry.default_learner(cfg["experiments"][name]["scheme"])
+    for name, exp in cfg["experiments"].items():
+        builds = registry.learner(exp["learner"]).schemes
+        if exp["scheme"] not in builds:
+            raise PoisonCertError(
+                f"config key experiments.{name}.learner: {exp['learner']} is for schemes {' and '.join(builds)}, not '{exp['scheme']}' "
+                f"(leave learner out for the scheme's own: {registry.default_learner(exp['scheme'])})"
+            )
     from .papers import available_tables
 
     tables = available_tables()

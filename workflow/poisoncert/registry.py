@@ -67,6 +67,7 @@ __all__ = [
     "compute",
     "predict",
     "learner",
+    "default_learner",
     "deterministic_pairs",
     "scores_view",
 ]
@@ -609,6 +610,17 @@ def learner(name: Any) -> Learner:
     return _lookup(LEARNERS, name, "learner")
 
 
+def default_learner(scheme_name: str) -> str:
+    """The learner a ``scheme_name`` ensemble has when none is named: the first record that builds
+    it (``supervised``; App. B's 2-means is the only learner of ``binary_kmeans``).
+
+    >>> default_learner("fa"), default_learner("binary_kmeans")
+    ('supervised', 'binary_kmeans')
+    """
+    s = scheme(scheme_name)
+    return next(lr.name for lr in LEARNERS.values() if s.name in lr.schemes)
+
+
 def threat_unit(scheme_name: str, learner_name: str = "supervised") -> str:
     """The unit of a deterministic certificate on this ensemble: the scheme's, or label flips when
     the learner sees the unlabeled training images (an insertion would reach every model)."""
@@ -655,7 +667,7 @@ def ensemble_threat(meta: Mapping[str, Any]) -> dict[str, Any]:
 
     A file whose metadata names no scheme gets :data:`DEFAULT_SCHEME` (one base model per
     poisoned sample) and ``assumed: True``; one that names no learner gets the scheme's default
-    learner (``supervised``; App. B's own for ``binary_kmeans``) and ``learner_assumed: True``.
+    learner (:func:`default_learner`) and ``learner_assumed: True``.
     The footprint is stated in the threat unit (a label-flip learner's poison is a label flip).
     The certificate summary records this dict.
 
@@ -670,7 +682,7 @@ def ensemble_threat(meta: Mapping[str, Any]) -> dict[str, Any]:
     s = scheme(DEFAULT_SCHEME if assumed else name)
     lname = recorded(meta, "learner")
     learner_assumed = lname is None
-    lr = learner(("binary_kmeans" if s.name == "binary_kmeans" else "supervised") if learner_assumed else lname)
+    lr = learner(default_learner(s.name) if learner_assumed else lname)
     if s.name not in lr.schemes:
         raise PoisonCertError(f"learner '{lr.name}' does not build '{s.name}' ensembles (it builds {', '.join(lr.schemes)})")
     unit = threat_unit(s.name, lr.name)
@@ -724,7 +736,7 @@ def compute(scheme_name: str, certificate_name: str, scores: np.ndarray, meta: M
     view = scores_view(scheme_name, certificate_name, scores, meta)
     cert = rec.compute(view, meta)
     if learner_name is None:
-        learner_name = ensemble_threat({**meta, "scheme": scheme_name})["learner"]
+        learner_name = ensemble_threat(meta)["learner"]
     return replace(cert, unit=rec.unit or threat_unit(scheme_name, learner_name))
 
 
