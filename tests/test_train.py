@@ -320,6 +320,8 @@ def test_strategy_auto_resolves_per_arch_and_device_and_bad_ones_are_refused():
     assert resolve_strategy(TrainConfig(arch="nin"), "cpu") == STRATEGY_TABLE[("nin", "cpu")] == "dense"
     assert resolve_strategy(TrainConfig(arch="small_cnn"), "cpu") == "grouped"
     assert resolve_strategy(TrainConfig(arch="nin", strategy="grouped"), "cpu") == "grouped"
+    # a named GPU need not be visible where the rules resolve it (a login node): no error, the cuda entry
+    assert resolve_strategy(TrainConfig(arch="nin"), "cuda") == STRATEGY_TABLE.get(("nin", "cuda"), "grouped")
     with pytest.raises(PoisonCertError, match="unknown strategy 'fast'; valid ones: auto, grouped, dense"):
         TrainConfig(strategy="fast")
 

@@ -352,7 +352,15 @@ def resolve_strategy(config: TrainConfig, device: str | torch.device | None = No
     """
     if config.strategy != "auto":
         return config.strategy
-    kind = device.type if isinstance(device, torch.device) else resolve_device(device).type
+    if isinstance(device, torch.device):
+        kind = device.type
+    elif device in (None, "auto"):
+        kind = resolve_device(device).type
+    else:  # a named device need not be visible here (the rules resolve a GPU config on a login node)
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = resolve_device(device).type  # the one-line error
     return STRATEGY_TABLE.get((config.arch, kind), "grouped")
 
 
