@@ -134,7 +134,9 @@ def _recorded_train(e):
     if train.get("strategy", "auto") == "auto":
         from poisoncert.train import TrainConfig, resolve_strategy
 
-        train["strategy"] = resolve_strategy(TrainConfig(arch=train.get("arch", "small_cnn")), _device_kind())
+        train["strategy"] = resolve_strategy(
+            TrainConfig(arch=train.get("arch", "small_cnn")), _device_kind()
+        )
     return {
         key: v
         for key, v in train.items()
