@@ -43,6 +43,9 @@ GPUS = 1 if config["device"] == "cuda" else 0
 #: runs on. A resource, not a param: 'auto' and the device it resolves to train the same bits, so
 #: the rerun trigger is the resolved device in train_runtime(), not this string.
 DEVICE = config["device"]
+#: The train rule's resources: no `gpu` entry at 0 (the SLURM plugin passes nothing at 0 either),
+#: since Snakemake evaluates every resource of each of up to 38,400 train jobs (bench_dag.py).
+TRAIN_RESOURCES = {"device": DEVICE, **({"gpu": GPUS} if GPUS else {})}
 
 
 wildcard_constraints:

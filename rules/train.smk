@@ -63,8 +63,7 @@ rule train:
         ENV
     threads: config["train_threads"]
     resources:
-        gpu=GPUS,
-        device=DEVICE,
+        **TRAIN_RESOURCES,
     params:
         args=train_args,
         shard_size=config["shard_size"],
