@@ -3,7 +3,7 @@
 Contract (what keeps the DPA / FA / ROE certificates valid)
 -----------------------------------------------------------
 A base model's logits are a deterministic function of (its training set *as a multiset*, its seed,
-the :class:`TrainConfig` — including ``group_size`` — its position in its group, the device
+the :class:`TrainConfig` — including ``group_size`` and the resolved ``strategy`` — its position in its group, the device
 type, the torch version and the CPU thread count). They do **not** depend, by a single bit, on the contents
 or the sizes of the other partitions in its shard:
 
@@ -25,7 +25,8 @@ or the sizes of the other partitions in its shard:
   (:mod:`poisoncert.augment`). A setting that is off draws nothing, so ``augment="none"`` (the
   default) consumes the generator exactly as before the option existed.
 * **per-model normalisation**: each model normalises with :func:`channel_stats` of its own set.
-* **no cross-model arithmetic**: convolutions are grouped (one group per model), linear layers are
+* **no cross-model arithmetic**: the ``dense`` strategy (:data:`STRATEGIES`) runs each model alone through
+  its own ``nn.Module``; under ``grouped`` convolutions are grouped (one group per model), linear layers are
   ``baddbmm``, BatchNorm statistics are per model, the loss is a sum of per-model losses (so each
   model's gradient is that of its own loss, exactly).
 * **deterministic kernels**: ``torch.use_deterministic_algorithms(True)``, cuDNN benchmark off,
