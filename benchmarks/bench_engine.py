@@ -375,6 +375,29 @@ def main(argv=None) -> int:
           flush=True)
     ceilings = {}
     results = []
+    ens = None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "engine" + (f"_{args.label}" if args.label else "") + ("_quick" if args.quick else "")
+
+    def write():  # after every step, so a long run interrupted keeps what it measured
+        (out / f"{stem}.json").write_text(json.dumps({"env": env, "ceilings": ceilings, "results": results, "ensemble": ens}, indent=1))
+        md = [f"Machine: {env['machine']}; torch {env['torch']}; {args.threads} thread(s); {repeats} interleaved repeats; "
+              f"fp32 matmul {peak:.1f} GFLOP/s. Command: `{env['command']}`", ""]
+        md += fmt_table(results, peak)
+        md += ["", "| ceiling | forward GFLOP/s | forward + backward GFLOP/s |", "|---|---|---|"]
+        md += [f"| {k} one model, dense | {v['forward_gflops']:.1f} | {v['train_gflops']:.1f} |" for k, v in ceilings.items()]
+        if ens:
+            md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests): {ens['cpu_s_per_model']:.3f} CPU s per model "
+                   f"({ens['measured_models']} models measured), {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
+        (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+
+    if args.ensemble:
+        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads)
+        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}): "
+              f"{ens['cpu_s_per_model']:.3f} CPU s per model over {ens['measured_models']} models -> {ens['extrapolated_cpu_min']:.1f} CPU min",
+              flush=True)
+        write()
     for w in wls:
         key = f"{w.arch}@{'x'.join(map(str, w.shape))}"
         if key not in ceilings:
@@ -384,25 +407,8 @@ def main(argv=None) -> int:
         r = measure(w, repeats, args.threads, methods, fm)
         results.append(r)
         print("\n".join(fmt_table([r], peak)[2:]), flush=True)
-    ens = None
-    if args.ensemble:
-        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads)
-        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}): "
-              f"{ens['cpu_s_per_model']:.3f} CPU s per model over {ens['measured_models']} models -> {ens['extrapolated_cpu_min']:.1f} CPU min",
-              flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "engine" + (f"_{args.label}" if args.label else "") + ("_quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps({"env": env, "ceilings": ceilings, "results": results, "ensemble": ens}, indent=1))
-    md = [f"Machine: {env['machine']}; torch {env['torch']}; {args.threads} thread(s); {repeats} interleaved repeats; "
-          f"fp32 matmul {peak:.1f} GFLOP/s. Command: `{env['command']}`", ""]
-    md += fmt_table(results, peak)
-    md += ["", "| ceiling | forward GFLOP/s | forward + backward GFLOP/s |", "|---|---|---|"]
-    md += [f"| {k} one model, dense | {v['forward_gflops']:.1f} | {v['train_gflops']:.1f} |" for k, v in ceilings.items()]
-    if ens:
-        md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests): {ens['cpu_s_per_model']:.3f} CPU s per model "
-               f"({ens['measured_models']} models measured), {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+        write()
+    write()
     print(f"wrote {out / stem}.json and .md")
     return 0
 
