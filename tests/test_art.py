@@ -66,7 +66,7 @@ def test_a_list_of_torch_models_and_of_arrays(digits_split):
     assert np.array_equal(scores, np.stack(outs, axis=1)) and np.array_equal(labels, yt)
     s2, _, meta2 = from_outputs(np.stack(outs), yt)  # models first: read from n_test
     assert np.array_equal(s2, scores) and meta2["k"] == 4
-    s3, _, meta3 = from_outputs(np.stack(outs, axis=1), yt, scheme="dpa_star", d=2)
+    s3, _, meta3 = from_outputs(np.stack(outs, axis=1), yt, scheme="dpa_star", d=2, model_order="partition-major")
     assert meta3["k"] == 2 and poisoncert.compute("dpa_star", "dpa", s3, meta3).radius.shape == (len(yt),)
 
 
@@ -82,9 +82,32 @@ def test_a_list_of_torch_models_and_of_arrays(digits_split):
     (lambda: from_outputs([np.eye(3)] * 4, [0, 1, 2], scheme="dpa_star", d=3), "base models"),
     (lambda: from_outputs([np.eye(3)] * 4, [0, 1, 7]), r"\[0, 3\)"),
     (lambda: from_models([object()], np.zeros((2, 2))), "not a model"),
+    (lambda: from_outputs([np.eye(3)] * 4, [0, 1, 2], scheme="dpa_star", d=2), "model_order"),
+    (lambda: from_outputs([np.eye(3)] * 4, [0, 1, 2], scheme="dpa_star", d=2, model_order="by-seed"), "model_order"),
+    (lambda: from_outputs([np.eye(3)] * 4, [0, 1, 2], model_order="seed-major"), "several seeds per partition"),
     (lambda: from_art(object(), np.zeros((2, 2))), "DeepPartitionEnsemble"),
 ])
 def test_bad_model_outputs_give_one_line(call, match):
     with pytest.raises(PoisonCertError, match=match) as exc:
         call()
     assert "\n" not in str(exc.value)
+
+
+def test_dpa_star_seed_major_models_are_reordered_not_misgrouped():
+    """A review's counter-example: seed-major models taken as partition-major averaged models of
+    different partitions into one voter, and one poison (partition 0 = models 0 and 2) flipped a
+    certified prediction. Declared, the order is converted and the partition mean is right."""
+    rng = np.random.default_rng(1)
+    k, d = 3, 2
+    part_major = rng.normal(size=(6, k * d, 4)).astype(np.float32)
+    seed_major = part_major.reshape(6, k, d, 4).transpose(0, 2, 1, 3).reshape(6, k * d, 4)
+    s, _, meta = from_outputs(seed_major, np.zeros(6, int), "tests,models,classes", "dpa_star", k=k, d=d, model_order="seed-major")
+    assert np.array_equal(s, part_major)
+    ref = poisoncert.compute("dpa_star", "dpa", part_major, {"k": k, "d": d})
+    assert np.array_equal(poisoncert.compute("dpa_star", "dpa", s, meta).radius, ref.radius)
+
+
+def test_the_determinism_caveat_names_arts_global_generator():
+    from poisoncert.scores import DETERMINISM_CAVEAT
+
+    assert "global" in DETERMINISM_CAVEAT and "DeepPartitionEnsemble" in DETERMINISM_CAVEAT

@@ -147,6 +147,55 @@ def test_empty_and_one_class_partitions_follow_the_engines_convention():
             assert (s[:, m].argmax(1) == y[clf.partitions_.members(m)[0]]).all()
 
 
+def _new_label_attack(classes):
+    """A review's counter-example: labels {1, 2}, empty partitions; one poison labelled 0 lands in partition 0."""
+    rng = np.random.default_rng(0)
+    y = np.array([1, 2] * 20)
+    X = rng.normal(size=(40, 3)) + 4.0 * y[:, None]  # two separated clusters: confident votes
+    with pytest.warns(UserWarning, match="empty training set"):
+        clf = PAC(DecisionTreeClassifier(random_state=0), k=K_EMPTY, hash="bytes", classes=classes).fit(X, y)
+    empty = np.flatnonzero(clf.partitions_.sizes() == 0)
+    assert empty.size >= 2
+    target = int(np.flatnonzero(clf.partitions_.sizes() > 0)[0])
+    for step in range(1, 100000):  # a near-copy of X[0] keyed into a non-empty partition
+        x = X[0].copy()
+        x[0] += step * 1e-9
+        if int(byte_hash(x[None].astype("<f8"))[0]) % K_EMPTY == target:
+            break
+    return clf, X, y, x
+
+
+K_EMPTY = 30
+
+
+def test_inferred_classes_with_empty_partitions_are_not_certified():
+    """Unsound before: with classes from y, one poison of a new smaller label flipped every empty
+    partition's vote (they vote classes_[0]); a certified radius-2 sample flipped."""
+    clf, X, y, x = _new_label_attack(None)
+    poisoned = PAC(DecisionTreeClassifier(random_state=0), k=K_EMPTY, hash="bytes")
+    with pytest.warns(UserWarning):
+        poisoned.fit(np.vstack([X, x]), np.append(y, 0))
+    base, after = clf.scores(X).argmax(2), poisoned.scores(X).argmax(2)
+    assert (clf.classes_[base] != poisoned.classes_[after]).any(axis=0).sum() > 1  # the attack reaches beyond one model
+    with pytest.raises(PoisonCertError, match="declare the label set"):
+        clf.certify(X)
+
+
+def test_declared_classes_keep_one_poison_in_one_partition():
+    clf, X, y, x = _new_label_attack([0, 1, 2])
+    cert = clf.certify(X)
+    poisoned = PAC(DecisionTreeClassifier(random_state=0), k=K_EMPTY, hash="bytes", classes=[0, 1, 2])
+    with pytest.warns(UserWarning):
+        poisoned.fit(np.vstack([X, x]), np.append(y, 0))
+    changed = (clf.scores(X) != poisoned.scores(X)).any(axis=(0, 2))
+    assert changed.sum() <= 1  # one inserted sample reaches one partition
+    held = cert.radius >= 1
+    assert held.sum() >= 10  # not vacuous
+    assert np.array_equal(poisoned.predict(X)[held], cert.prediction[held])
+    with pytest.raises(PoisonCertError, match="not one of the declared classes"):
+        PAC(k=3, classes=[1, 2]).fit(X, np.append(y[:-1], 0))
+
+
 def test_scores_are_the_public_format(cancer, tmp_path):
     X, y, Xt, yt = cancer
     clf = PAC(DecisionTreeClassifier(max_depth=4), k=5, scheme="fa", d=2).fit(X, y)

@@ -192,6 +192,10 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
     n_jobs : joblib workers fitting the partitions (scikit-learn estimators; processes, so a
         model cannot see another's state). None = 1.
     check_determinism : refit one partition and require identical outputs (see module doc).
+    classes : the label set, declared before seeing the data (None: the labels of ``y``). With
+        inferred classes, :meth:`certify` refuses an ensemble with an empty partition: an empty
+        partition votes for ``classes_[0]``, and one poison with a new, smaller label would change
+        all such votes at once.
 
     Attributes
     ----------
@@ -202,8 +206,9 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, estimator: Any = None, k: int = 50, scheme: str = "dpa", d: int = 1, *, certificate: str | None = None,
                  offsets: Sequence[int] | None = None, hash: str = "auto", seed: int = 0, same_seed: bool = False,
-                 n_jobs: int | None = None, check_determinism: bool = True):
+                 n_jobs: int | None = None, check_determinism: bool = True, classes: Sequence[Any] | None = None):
         self.estimator = estimator
+        self.classes = classes
         self.k = k
         self.scheme = scheme
         self.d = d
@@ -287,6 +292,30 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
         return make_partitions(rows, y_enc, self.scheme, int(self.k), int(self.d), list(self.offsets) if self.offsets is not None else None,
                                bool(self.same_seed), int(self.seed), pixel_sums=keys)
 
+    def _encode(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The label set (declared ``classes``, else the labels of y) and y as indices into it."""
+        if self.classes is None:
+            classes, y_enc = np.unique(y, return_inverse=True)
+            if len(classes) < 2:
+                raise PoisonCertError(f"y has one class ({classes[0]!r}); a classifier needs at least 2 classes (or declare them: classes=...)")
+            return classes, y_enc
+        try:
+            classes = np.asarray(self.classes)
+            ok = classes.ndim == 1 and len(np.unique(classes)) == len(classes) >= 2
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PoisonCertError(f"classes must be a list of at least 2 distinct labels, got {self.classes!r}")
+        classes = np.sort(classes)
+        try:
+            idx = np.searchsorted(classes, y)
+        except TypeError:
+            raise PoisonCertError("y's labels cannot be compared with the declared classes (mixed types?)") from None
+        bad = (idx >= len(classes)) | (classes[np.minimum(idx, len(classes) - 1)] != y)
+        if bad.any():
+            raise PoisonCertError(f"y has label {np.asarray(y)[bad].tolist()[0]!r}, which is not one of the declared classes {classes.tolist()}")
+        return classes, idx
+
     # ------------------------------------------------------------------------------------ fit
 
     def fit(self, X: Any, y: Any) -> "PartitionAggregationClassifier":
@@ -298,9 +327,7 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
             check_classification_targets(y)
         except ValueError as exc:
             raise PoisonCertError(_one_line(exc)) from None
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise PoisonCertError(f"y has one class ({classes[0]!r}); a classifier needs at least 2 classes")
+        classes, y_enc = self._encode(y)
         hash_name = self._resolved_hash(X)
         rows, keys = self._keys_and_rows(X, hash_name)
         y_enc = y_enc.astype(np.int64).ravel()
@@ -402,6 +429,14 @@ class PartitionAggregationClassifier(ClassifierMixin, BaseEstimator):
         (optional) enables :meth:`CertifiedPredictions.certified_accuracy`.
         """
         name = self._certificate_name(certificate)
+        empty = np.flatnonzero(np.asarray(self.partitions_.sizes()) == 0)
+        if empty.size and self.classes is None:
+            # an empty partition votes for classes_[0]; with classes inferred from y, one poison with a
+            # new, smaller label would change every empty partition's vote at once (beyond the footprint)
+            raise PoisonCertError(
+                f"{len(empty)} base models have empty training sets and the classes were inferred from y: one poisoned sample "
+                "with a new label would change all their votes; declare the label set (classes=[...]) or use a smaller k"
+            )
         scores = self.scores(X)
         cert = registry.compute(self.scheme, name, scores, self.meta_, "supervised")
         labels = None

@@ -275,10 +275,13 @@ def scores_writer(path: str | os.PathLike, shape: tuple[int, int, int], labels: 
 
 #: What a certificate of an ensemble trained elsewhere rests on (recorded in its metadata).
 DETERMINISM_CAVEAT = (
-    "the certificate assumes each base model is a deterministic function of its own training set (and seed): retrained on an "
-    "unchanged partition it must give the same outputs. Fix every seed before the models are built (ART: torch.manual_seed "
-    "before DeepPartitionEnsemble, which copies one initialisation), turn on deterministic kernels, and train each model on "
-    "its partition alone; otherwise the radius describes the ensemble as trained, not a proof against retraining"
+    "the certificate assumes each base model is a deterministic function of its own training set (as a set) and its own seed: "
+    "retrained on an unchanged partition it must give the same outputs whatever the other partitions hold. So seed each model "
+    "from its partition index right before training it, train on its partition in a canonical (content-sorted) order, and use "
+    "deterministic kernels. Models trained one after another from one global random stream (IBM ART's DeepPartitionEnsemble.fit: "
+    "dropout, augmentation or shuffling draw from torch's global generator) break this: a poison in one partition changes how much "
+    "randomness it draws, hence every later model, and torch.manual_seed before building it makes a run reproducible, not each "
+    "model a function of its own partition; there the radius describes the ensemble as trained, not a proof against retraining"
 )
 
 _LAYOUTS = ("tests,models,classes", "models,tests,classes")
@@ -361,12 +364,49 @@ def _labels(y: Any, n_test: int, n_classes: int) -> np.ndarray | None:
     return _check_labels(y, n_test, n_classes, "y")
 
 
+#: How the k*d models of a DPA* ensemble are ordered: model = partition*d + seed (the scores
+#: format's), or seed*k + partition (d whole DPA ensembles one after the other, as the ROE reference
+#: stores them).
+MODEL_ORDERS = ("partition-major", "seed-major")
+
+
+def _partition_major(scores: np.ndarray, scheme: str, meta: dict[str, Any]) -> np.ndarray:
+    """DPA*'s models in the scores format's order (partition-major), from the declared ``model_order``.
+
+    Several seeds per partition make the order part of the threat model: averaging models of
+    different partitions as one voter would let one poison reach several voters. So a DPA*
+    ensemble with d > 1 must declare it.
+    """
+    from . import registry
+
+    order = meta.pop("model_order", None)
+    rec = registry.scheme(scheme)
+    d = int(meta.get("d") or 1)
+    seeds_per_partition = rec.uses_d and not rec.offsets and d > 1
+    if seeds_per_partition and scores.shape[1] % d:
+        return scores  # not k*d models: registry.check_layout refuses it with the counts
+    if not seeds_per_partition:
+        if order is not None:
+            raise PoisonCertError(f"model_order is for ensembles with several seeds per partition (DPA*, d > 1), not a '{rec.name}' one with d = {d}")
+        return scores
+    if order not in MODEL_ORDERS:
+        raise PoisonCertError(
+            f"a '{rec.name}' ensemble of d = {d} seeds per partition must say how its models are ordered: model_order='partition-major' "
+            "(model = partition*d + seed) or 'seed-major' (model = seed*k + partition); got " + repr(order)
+        )
+    if order == "partition-major":
+        return scores
+    k = scores.shape[1] // d
+    return np.ascontiguousarray(scores.reshape(scores.shape[0], d, k, scores.shape[2]).transpose(0, 2, 1, 3).reshape(scores.shape))
+
+
 def from_outputs(outputs: Any, y: Any = None, layout: str | None = None, scheme: str = "dpa", **meta: Any):
     """(scores, labels, meta) from per-model outputs (see :func:`stack_model_outputs`) of a ``scheme`` ensemble.
 
-    ``meta``: k, d, offsets as the scheme needs (DPA: k = the number of models). The scheme
-    must be the one the models were trained under: DPA when a model's training set is picked by
-    a hash of the sample alone.
+    ``meta``: k, d, offsets as the scheme needs (DPA: k = the number of models), and for DPA*
+    with d > 1 ``model_order`` (:data:`MODEL_ORDERS`). The scheme must be the one the models were
+    trained under: DPA when a model's training set is picked by a hash of the sample alone; FA's
+    models in base-model order (model i trains on the split buckets j with (j + r) mod kd = i).
 
     >>> s, y, m = from_outputs([np.eye(3)] * 4, [0, 1, 2])
     >>> s.shape, m["scheme"], m["k"], m["unit"]
@@ -374,6 +414,7 @@ def from_outputs(outputs: Any, y: Any = None, layout: str | None = None, scheme:
     """
     n_test = None if y is None else len(np.asarray(y))
     scores = stack_model_outputs(outputs, n_test, layout)
+    scores = _partition_major(scores, scheme, meta)
     return scores, _labels(y, scores.shape[0], scores.shape[2]), _ensemble_meta(scores, scheme, meta.pop("source", "per-model outputs"), meta)
 
 
@@ -423,8 +464,10 @@ def from_art(ensemble: Any, x: Any, y: Any = None, batch_size: int = 128):
     ``int(np.sum(x)) % k``, a truncated float sum), depends on the sample alone, so one poison
     reaches one model: the DPA footprint. The certified prediction is poisoncert's vote (each
     model's argmax, the smaller class index winning ties), which can differ from ART's own
-    ``predict`` on ties. See :data:`DETERMINISM_CAVEAT`: ART's models are reproducible per
-    partition only if the global torch seed is set before the ensemble is built.
+    ``predict`` on ties. See :data:`DETERMINISM_CAVEAT`: ART trains its models one after another
+    from torch's global generator, so the footprint holds only for base models that draw no
+    randomness while training (no dropout, augmentation or shuffling); a global seed makes the
+    run reproducible, not each model a function of its own partition.
     """
     if not (hasattr(ensemble, "predict") and hasattr(ensemble, "ensemble_size")):
         raise PoisonCertError(f"from_art needs an ART DeepPartitionEnsemble (predict, ensemble_size), got {type(ensemble).__name__}")
