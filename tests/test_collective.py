@@ -218,3 +218,19 @@ def test_cli_refuses_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.count("\n") == 0 and err.startswith("poisoncert: error:")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_dual_bound_is_floored_with_tolerance(monkeypatch):
+    """A dual bound of 2.9999999 flips counts as 3 (not 2: that would certify one sample too many), 3.4 as 3."""
+    import scipy.optimize
+
+    votes, n_classes, reach, radius, labels = _inputs("dpa", "dpa", 1)
+    for dual, expected in ((-2.9999999, 3), (-3.4, 3), (-0.2, 0)):
+        class TimedOut:
+            status, fun, mip_dual_bound, message = 1, 0.0, dual, "time limit"
+            x = np.zeros(4096)
+
+        monkeypatch.setattr(scipy.optimize, "milp", lambda *a, **kw: TimedOut())
+        res = certify.collective(votes, n_classes, reach, [3], radius, block_size=100)[0]
+        assert res.blocks, "the case must have candidates at budget 3"
+        assert res.blocks[0].bound == min(res.blocks[0].size, expected) and not res.blocks[0].proven
