@@ -234,3 +234,27 @@ def test_dual_bound_is_floored_with_tolerance(monkeypatch):
         res = certify.collective(votes, n_classes, reach, [3], radius, block_size=100)[0]
         assert res.blocks, "the case must have candidates at budget 3"
         assert res.blocks[0].bound == min(res.blocks[0].size, expected) and not res.blocks[0].proven
+
+
+def test_cli_supplies_what_the_file_lacks_and_says_what_it_assumed(tmp_path, capsys):
+    """A review found an FA file without offsets asked for --offsets, which `collective` did not
+    have, and an unschemed file certified as DPA without a word on the console."""
+    import json
+
+    from poisoncert.scores import write_scores
+
+    scores, labels, meta = _ensemble("fa", 3)
+    path = tmp_path / "scores.npz"
+    args = ["collective", path, "--certificate", "fa", "--budgets", "1", "--mode", "unchanged", "--out-csv", tmp_path / "c.csv",
+            "--out-json", tmp_path / "c.json"]
+    write_scores(path, scores, labels, {k: v for k, v in meta.items() if k != "offsets"})
+    assert _cli(args) == 2 and "--offsets" in capsys.readouterr().err
+    assert _cli(args + ["--offsets", ",".join(map(str, meta["offsets"]))]) == 0
+    capsys.readouterr()
+    assert _cli(args + ["--offsets", ",".join(str(o + 1) for o in meta["offsets"]), "--k", str(meta["k"] + 1)]) == 2
+    assert "contradicts the scores file" in capsys.readouterr().err  # --k contradicts the recorded k
+    write_scores(path, scores[:, :3], labels, {})
+    assert _cli(["collective", path, "--certificate", "dpa", "--budgets", "1", "--out-csv", tmp_path / "c.csv",
+                 "--out-json", tmp_path / "c.json"]) == 0
+    assert "no scheme in the scores: assumed dpa" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["threat_model"]["assumed"] is True

@@ -75,7 +75,7 @@ def test_the_certify_cli_refuses_a_flipped_logit_and_writes_nothing(tmp_path, ca
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.json").exists()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
 def test_any_flipped_bit_is_refused_or_changes_nothing(tmp_path_factory, where, bit):
     """Anywhere in the file (zip headers, .npy headers, data, central directory): either the reader

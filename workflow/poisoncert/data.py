@@ -619,7 +619,9 @@ def load_npz(path: str | os.PathLike, what: str, required: tuple[str, ...], skip
                 + ("store the metadata as a JSON string: meta=np.array(json.dumps(meta))" if key == "meta" else "store it as a plain numeric array")
             ) from None
         raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); {remedy}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, AttributeError) as exc:
+    except PoisonCertError:
+        raise
+    except Exception as exc:  # BadZipFile (CRC), EOFError, a damaged header's NotImplementedError / RuntimeError / ...
         raise PoisonCertError(f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); {remedy}") from None
     missing = [k for k in required if k not in out and k not in skip]
     if missing:

@@ -148,6 +148,9 @@ def write_scores(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray
     atomic_savez(path, compressed=compressed, scores=scores, labels=labels, meta=np.array(meta_json(meta)))
 
 
+#: The members of a scores file, and the only ones it may hold.
+MEMBERS = ("scores", "labels", "meta")
+
 #: Bytes read at a time when a stored member's CRC is verified (memory stays bounded).
 _CRC_CHUNK = 16 * 2**20
 
@@ -176,6 +179,41 @@ def _verify_crc(path: str | os.PathLike, name: str, start: int, size: int, expec
         )
 
 
+def _check_members_tile(path: str | os.PathLike) -> None:
+    """The zip's members must tile the file from its start to its central directory.
+
+    The CRC covers each member's bytes, not the directory that lists them: a damaged entry count
+    would drop ``meta.npy`` from the listing, and the file would be certified under the default
+    threat model. Every byte before the directory belongs to a listed member, or the file is
+    refused. (Members written with a trailing data descriptor are not checked.)
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+            start_dir = int(getattr(zf, "start_dir", -1))
+            concat = int(getattr(zf, "_concat", 0) or 0) if hasattr(zf, "_concat") else 0
+    except Exception:
+        return  # an unreadable directory: the reader reports it in one line
+    if start_dir < 0 or concat or any(i.flag_bits & 0x08 for i in infos):
+        return
+    pos = 0
+    with open(path, "rb") as fh:
+        for info in infos:
+            if info.header_offset != pos:
+                break
+            fh.seek(pos)
+            header = fh.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                break
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            pos += 30 + name_len + extra_len + info.compress_size
+    if pos != start_dir:
+        raise PoisonCertError(
+            f"scores file {path} is corrupt: its zip directory does not account for bytes {pos}..{start_dir} (a member missing from "
+            f"the listing, e.g. a damaged entry count); {REMEDY}"
+        )
+
+
 def npz_memmap(path: str | os.PathLike, name: str) -> np.memmap | None:
     """Array ``name`` of an *uncompressed* ``.npz`` as a read-only memory map (None if compressed or absent).
 
@@ -187,10 +225,10 @@ def npz_memmap(path: str | os.PathLike, name: str) -> np.memmap | None:
     try:
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo(f"{name}.npy")
-    except (KeyError, zipfile.BadZipFile, OSError):
+    except Exception:  # absent or a damaged directory: the ordinary reader reports it in one line
         return None
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
+    if info.compress_type != zipfile.ZIP_STORED or not 0 <= info.header_offset < os.path.getsize(path):
+        return None  # compressed, or a damaged directory entry: the ordinary reader reports it in one line
     with open(path, "rb") as fh:
         fh.seek(info.header_offset)
         header = fh.read(30)
@@ -221,12 +259,22 @@ def read_scores(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray
     """
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise PoisonCertError(f"the scores file must be a path (str or os.PathLike), got {type(path).__name__}")
+    if Path(path).is_file():
+        _check_members_tile(path)
     scores_map = npz_memmap(path, "scores") if mmap and Path(path).is_file() else None
     if scores_map is not None:
         z = load_npz(path, "scores", ("labels",), skip=("scores",), remedy=REMEDY)
         z["scores"] = scores_map
     else:
         z = load_npz(path, "scores", ("scores", "labels"), remedy=REMEDY)
+    extra = sorted(set(z) - set(MEMBERS))
+    if extra:
+        # member names are not covered by the CRC: 'meta' damaged into 'meua' would silently drop the
+        # recorded threat model (certified as the default DPA), so an unknown member is refused
+        raise PoisonCertError(
+            f"scores file {path} holds {', '.join(map(repr, extra))} beside {', '.join(MEMBERS)}: a scores file holds only those "
+            f"(a damaged member name, or not a scores file); {REMEDY}"
+        )
     scores = certify.check_scores(z["scores"], name=f"scores in {path}")
     labels = _check_labels(z["labels"], scores.shape[0], scores.shape[2], str(path), scores.shape[1])
     meta: Any = {}

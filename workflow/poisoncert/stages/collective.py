@@ -27,7 +27,7 @@ from ..certify.collective import MODES
 from ..data import atomic_write_text
 from ..errors import PoisonCertError
 from ..scores import check_meta, read_scores
-from ._common import int_list
+from ._common import ENSEMBLE_FLAGS, add_ensemble_arguments, int_list, merge_flags, threat_note
 
 HELP = "collective certificate: predictions one poisoned training set can change at once (HiGHS)"
 
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-pdf", default=None)
     p.add_argument("--out-html", default=None, help="the per-budget table as HTML (for the report)")
     p.add_argument("--title", default=None)
+    add_ensemble_arguments(p, parameters=False)
 
 
 @contextlib.contextmanager
@@ -127,7 +128,7 @@ def plot(summary: dict[str, Any], title: str, png: str, pdf: str) -> None:
 
 def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, block_size: int, time_limit: float,
                    out_csv: str, out_json: str, out_png: str | None = None, out_pdf: str | None = None,
-                   out_html: str | None = None, title: str | None = None) -> dict[str, Any]:
+                   out_html: str | None = None, title: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Certify a scores file collectively; write the per-budget CSV and the JSON summary."""
     import pandas as pd
 
@@ -136,7 +137,7 @@ def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, b
     if block_size < 1 or not time_limit > 0:
         raise PoisonCertError(f"--block-size must be >= 1 and --time-limit > 0, got {block_size} and {time_limit}")
     scores, labels, meta = read_scores(scores_file, mmap=True)
-    meta = check_meta(meta, "the scores metadata")
+    meta = merge_flags(check_meta(meta, "the scores metadata"), overrides or {})
     started = time.perf_counter()
 
     def progress(r: int, b: int, n_blocks: int, blk: maths.CollectiveBlock) -> None:
@@ -171,12 +172,14 @@ def run_collective(scores_file: str, name: str, budgets: list[int], mode: str, b
         plot(summary, title, out_png, out_pdf)
     if out_html:
         atomic_write_text(out_html, f"<h3>{title}</h3>\n" + table(summary).to_html(index=False))
+    note = threat_note(summary["threat_model"])
     for row in rows:
         print(f"collective {name} ({mode}) r={row['budget']}: certified {row['certified']}, attack bound {row['attack_bound']}, "
-              f"sample-wise {row['samplewise']}, proven {row['proven']}, {row['seconds']:.1f} s")
+              f"sample-wise {row['samplewise']}, proven {row['proven']}, {row['seconds']:.1f} s{note}")
     return summary
 
 
 def main(args: argparse.Namespace) -> None:
+    overrides = {key: getattr(args, dest) for dest, key in ENSEMBLE_FLAGS.items()}
     run_collective(args.scores, args.certificate, args.budgets, args.mode, args.block_size, args.time_limit, args.out_csv, args.out_json,
-                   args.out_png, args.out_pdf, args.out_html, args.title)
+                   args.out_png, args.out_pdf, args.out_html, args.title, overrides)
