@@ -105,6 +105,7 @@ def plot(summary: dict[str, Any], title: str, png: str, pdf: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ..report import _save
 
@@ -117,6 +118,7 @@ def plot(summary: dict[str, Any], title: str, png: str, pdf: str) -> None:
     ax.fill_between(r, cert, [x["attack_fraction"] for x in b], color="tab:red", alpha=0.2, step=None,
                     label="up to the best attack found")
     what = "certified accuracy" if summary["mode"] == "accuracy" else "predictions certified unchanged"
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # budgets are counts
     ax.set_xlabel(f"attack budget r ({summary['unit']})")
     ax.set_ylabel(f"{what} (fraction of {summary['n_test']})")
     ax.set_title(title, fontsize=9)
