@@ -111,7 +111,8 @@ def check_ssdpa_determinism(device: str, toy: bool) -> dict:
     """SS-DPA on the device: the NiN RotNet and SimCLR extractors trained twice give bit-identical
     features; NiN-block heads are bit-identical on repeat and a label flip in one partition changes
     that head only (the threat model's unit: one flip reaches one base model)."""
-    from poisoncert.semisup import ExtractorConfig, HeadConfig, extract_features, train_base_heads, train_extractor
+    from poisoncert.learners.extractors import ExtractorConfig, extract_features, train_extractor
+    from poisoncert.learners.heads import HeadConfig, train_base_heads
 
     rng = np.random.default_rng(2)
     out: dict = {"device": device}

@@ -15,7 +15,7 @@ Learners (``--learners``):
 * ``crop_flip``: the same plus random crop (``--crop-padding``) and horizontal flips where they keep
   the label (``registry.DATASETS[...].hflip_ok``: fashion_mnist yes, digits no);
 * ``trivial_augment``: crop + flip as above plus TrivialAugment (``TrainConfig.augment``);
-* ``frozen_centroid`` / ``frozen_knn``: learner ``frozen`` (:mod:`poisoncert.frozen`) on the SS-DPA
+* ``frozen_centroid`` / ``frozen_knn``: learner ``frozen`` (:mod:`poisoncert.learners.frozen`) on the SS-DPA
   RotNet features; ``rotnet``: SS-DPA's logistic-regression heads on the same features (DPA paper
   Table 2's learner, light).
 
@@ -55,9 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 from poisoncert import registry  # noqa: E402
 from poisoncert.certify.metrics import certified_accuracy  # noqa: E402
 from poisoncert.data import content_hash, load_dataset  # noqa: E402
-from poisoncert.frozen import FrozenConfig, fit_predict  # noqa: E402
+from poisoncert.learners.frozen import FrozenConfig, fit_predict  # noqa: E402
 from poisoncert.partition import make_partitions  # noqa: E402
-from poisoncert.semisup import ExtractorConfig, HeadConfig, extract_features, train_extractor, train_heads  # noqa: E402
+from poisoncert.learners.extractors import ExtractorConfig, extract_features, train_extractor  # noqa: E402
+from poisoncert.learners.heads import HeadConfig, train_heads  # noqa: E402
 from poisoncert.train import TrainConfig, runtime_fingerprint, train_shard  # noqa: E402
 
 SUPERVISED = ("supervised", "crop_flip", "trivial_augment")

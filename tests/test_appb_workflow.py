@@ -11,7 +11,7 @@ from poisoncert import certify
 from poisoncert.config import ensembles, validate_config
 from poisoncert.data import TRAIN_SIZES, canonical_order, load_dataset, save_dataset
 from poisoncert.errors import PoisonCertError
-from poisoncert.semisup import binary_kmeans_base_votes, binary_kmeans_fit
+from poisoncert.learners.kmeans import binary_kmeans_base_votes, binary_kmeans_fit
 from poisoncert.scores import read_scores
 from poisoncert.stages.certify import certify_scores, run_certify
 from poisoncert.stages.kmeans_scores import kmeans_scores

@@ -87,7 +87,8 @@ def test_learner_defaults_fill_the_extractor_before_the_schema():
     """learner simclr's own extractor defaults (registry.SIMCLR_DEFAULTS) where the config is silent;
     the schema's (RotNet's) for the rest; what the config says wins."""
     from poisoncert import registry
-    from poisoncert.semisup import ExtractorConfig, HeadConfig
+    from poisoncert.learners.extractors import ExtractorConfig
+    from poisoncert.learners.heads import HeadConfig
 
     x = validate_config(_exp(learner="simclr"))["experiments"]["e"]["extractor"]
     assert {k: x[k] for k in registry.SIMCLR_DEFAULTS} == registry.SIMCLR_DEFAULTS

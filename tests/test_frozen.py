@@ -1,4 +1,4 @@
-"""The frozen-feature learner (poisoncert.frozen): a pure function of its partition's set, wired end to end.
+"""The frozen-feature learner (poisoncert.learners.frozen): a pure function of its partition's set, wired end to end.
 
 Tiny sizes: a one-epoch RotNet extractor on digits, synthetic features elsewhere; well under a
 minute on 2 CPU cores. The poison-and-retrain proofs of its (scheme, certificate) pairs are in
@@ -17,7 +17,7 @@ from poisoncert import registry
 from poisoncert.cli import main
 from poisoncert.config import validate_config
 from poisoncert.errors import PoisonCertError
-from poisoncert.frozen import FrozenConfig, fit_predict
+from poisoncert.learners.frozen import FrozenConfig, fit_predict
 
 K = 4
 
@@ -91,8 +91,8 @@ def test_absent_classes_empty_partitions_and_bad_input(feats):
 
 
 def test_frozen_learner_on_digits_beats_chance_and_refuses_insertions(digits):
-    from poisoncert.frozen import frozen_learner
-    from poisoncert.semisup import ExtractorConfig, train_extractor
+    from poisoncert.learners.frozen import frozen_learner
+    from poisoncert.learners.extractors import ExtractorConfig, train_extractor
 
     state = train_extractor(digits.train_images[:600], ExtractorConfig(arch="light", width=8, epochs=2, batch_size=128))  # label-free: any images
     fn = frozen_learner(state, digits.train_images, digits.test_images, 10)
@@ -129,7 +129,7 @@ def test_train_stage_writes_frozen_logits_with_the_label_flip_threat(tmp_path, d
     assert json.loads(str(np.load(tmp_path / "rot.npz")["meta"]))["learner"] == "rotnet"
     assert registry.ensemble_threat({"scheme": "ssdpa", "learner": m["learner"]})["unit"] == registry.LABEL_FLIPS
     # the shard's logits are the learner's, computed directly
-    from poisoncert.frozen import frozen_learner
+    from poisoncert.learners.frozen import frozen_learner
     from poisoncert.stages.extractor import read_extractor
 
     fn = frozen_learner(read_extractor(str(tmp_path / "e.pt")), ds.train_images, ds.test_images, 10, FrozenConfig("knn", 3))

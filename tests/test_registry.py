@@ -146,9 +146,9 @@ _EXTRACTORS: dict[str, dict] = {}
 
 
 def _frozen(ds):
-    """The real frozen-feature learner (poisoncert.frozen), with its extractor trained once on ds's unlabeled images."""
-    from poisoncert.frozen import frozen_learner
-    from poisoncert.semisup import ExtractorConfig, train_extractor
+    """The real frozen-feature learner (poisoncert.learners.frozen), with its extractor trained once on ds's unlabeled images."""
+    from poisoncert.learners.frozen import frozen_learner
+    from poisoncert.learners.extractors import ExtractorConfig, train_extractor
 
     if ds.name not in _EXTRACTORS:
         _EXTRACTORS[ds.name] = train_extractor(ds.train_images, ExtractorConfig(**TINY_EXTRACTOR))
@@ -237,7 +237,7 @@ def test_schema_enums_are_the_registry():
     assert exp["learner"]["enum"] == [n for n in registry.LEARNERS if n != "binary_kmeans"]
     assert exp["certificates"]["items"]["enum"] == list(registry.CERTIFICATES)
     from poisoncert.augment import AUGMENTATIONS
-    from poisoncert.frozen import CLASSIFIERS
+    from poisoncert.learners.frozen import CLASSIFIERS
 
     defs = schema["$defs"]
     assert defs["train"]["properties"]["augment"]["enum"] == list(AUGMENTATIONS)
@@ -264,8 +264,9 @@ def _schema_train(schema):
 
 def _schema_configs():
     """(dataclass, default instance, schema properties) of every config object the schema documents."""
-    from poisoncert.frozen import FrozenConfig
-    from poisoncert.semisup import ExtractorConfig, HeadConfig
+    from poisoncert.learners.frozen import FrozenConfig
+    from poisoncert.learners.extractors import ExtractorConfig
+    from poisoncert.learners.heads import HeadConfig
     from poisoncert.train import TrainConfig
 
     schema = load_schema()
@@ -277,7 +278,7 @@ def _schema_configs():
 
 
 def test_schema_defaults_are_the_dataclass_defaults():
-    from poisoncert.semisup import HeadConfig
+    from poisoncert.learners.heads import HeadConfig
 
     head = (load_schema().get("$defs") or {})["experiment"]["properties"]["head"]["properties"]
     assert set(head) == {f.name for f in dataclasses.fields(HeadConfig)} and head["kind"]["default"] == HeadConfig().kind

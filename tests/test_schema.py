@@ -37,7 +37,7 @@ def test_render_restores_a_hand_edited_block_and_enum():
 
 
 def test_the_schema_defaults_are_the_dataclass_instances():
-    from poisoncert.semisup import HeadConfig
+    from poisoncert.learners.heads import HeadConfig
     from poisoncert.train import TrainConfig
 
     s = load_schema()

@@ -21,24 +21,9 @@ from poisoncert.certify._common import plurality, vote_counts  # noqa: E402
 from poisoncert.data import canonical_order  # noqa: E402
 from poisoncert.errors import PoisonCertError  # noqa: E402
 from poisoncert.partition import make_partitions  # noqa: E402
-from poisoncert.semisup import (  # noqa: E402
-    ExtractorConfig,
-    HeadConfig,
-    LogisticHeadConfig,
-    SGDHeadConfig,
-    extractor_config,
-    nt_xent,
-    train_base_heads,
-    KMeansConfig,
-    assign_clusters,
-    binary_kmeans_base_votes,
-    binary_kmeans_fit,
-    extract_features,
-    kmeans2,
-    train_extractor,
-    train_heads,
-    unique_sorted_images,
-)
+from poisoncert.learners.heads import HeadConfig, LogisticHeadConfig, SGDHeadConfig, train_base_heads, train_heads  # noqa: E402
+from poisoncert.learners.extractors import ExtractorConfig, extract_features, extractor_config, nt_xent, train_extractor, unique_sorted_images  # noqa: E402
+from poisoncert.learners.kmeans import KMeansConfig, assign_clusters, binary_kmeans_base_votes, binary_kmeans_fit, kmeans2  # noqa: E402
 
 #: the light CPU RotNet (what the digits twins use; its pre-nin defaults were width 16, 3 blocks,
 #: 12 epochs, batch 64, cosine, no crops)
@@ -205,7 +190,8 @@ def test_nin_extractor_and_head_are_the_reference_architecture():
     conv2 maps are 192x7x7 on MNIST and 192x8x8 on CIFAR-10; the head is NiN ConvBlock3 (DPA 2.3.1)."""
     from torch import nn
 
-    from poisoncert.semisup import _build_extractor, _build_head
+    from poisoncert.learners.extractors import _build_extractor
+    from poisoncert.learners.heads import _build_head
 
     cfg = ExtractorConfig()
     for c, size, maps in ((1, 28, 7), (3, 32, 8)):

@@ -127,7 +127,7 @@ def nin_stage(stage: int, cin: int, width: int = 192) -> list[nn.Module]:
     stages >= 2: 3x3 + two 1x1 at ``width``, no pooling (RotNet's 4-stage net has
     ``use_avg_on_conv3=False``). The one NiN definition of the package: the supervised NiN
     (:func:`_nin`), SS-DPA's RotNet extractor and its per-partition ``NIN_ConvBlock3`` head (stage 2
-    on the extracted feature maps) are all built from it (:mod:`poisoncert.semisup`).
+    on the extracted feature maps) are all built from it (:mod:`poisoncert.learners.heads`).
 
     >>> [type(m).__name__ for m in nin_stage(0, 1)][-1], nin_stage(0, 1)[6].out_channels
     ('MaxPool2d', 96)
@@ -199,7 +199,7 @@ def _lenet(c: int, h: int, w: int, k: int) -> nn.Module:
 def resnet18_backbone(c: int) -> list[nn.Module]:
     """CIFAR-style ResNet-18 up to its 512 pooled features: 3x3 stem (64, no stem pooling),
     [2,2,2,2] basic blocks of 64/128/256/512 channels, global average pooling. The supervised
-    ``resnet18`` adds a linear layer; the SimCLR extractor (:mod:`poisoncert.semisup`) a projection."""
+    ``resnet18`` adds a linear layer; the SimCLR extractor (:mod:`poisoncert.learners.heads`) a projection."""
     layers: list[nn.Module] = [nn.Conv2d(c, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
     in_planes = 64
     for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):

@@ -507,7 +507,7 @@ LEARNERS: dict[str, Learner] = {
         Learner("binary_kmeans", "000, Appendix B: 2-means on all unlabeled images + one labelled sample per base classifier",
                 ("binary_kmeans",), sees_unlabeled_train=True, poison_checked=True, votes_off_cluster=True),
         Learner("frozen", "beyond the papers (issue 16, Lethal Dose Conjecture): the frozen RotNet features of 000, Section 2.3.1 "
-                "+ a nearest-centroid or k-NN rule per partition (poisoncert.frozen)",
+                "+ a nearest-centroid or k-NN rule per partition (poisoncert.learners.frozen)",
                 ("ssdpa", "dpa"), sees_unlabeled_train=True, extractor_archs=("nin", "light", "resnet18"), config_key="frozen",
                 poison_checked=True),
     )

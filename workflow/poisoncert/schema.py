@@ -120,9 +120,9 @@ def object_properties(cls: type, instance: Any = None) -> dict[str, Any]:
 #: Generated settings blocks: marker name -> the dataclass (``module:Class``) whose fields are its properties.
 SECTIONS: dict[str, str] = {
     "train": "poisoncert.train:TrainConfig",
-    "extractor": "poisoncert.semisup:ExtractorConfig",
-    "head": "poisoncert.semisup:HeadConfig",
-    "frozen": "poisoncert.frozen:FrozenConfig",
+    "extractor": "poisoncert.learners.extractors:ExtractorConfig",
+    "head": "poisoncert.learners.heads:HeadConfig",
+    "frozen": "poisoncert.learners.frozen:FrozenConfig",
 }
 
 

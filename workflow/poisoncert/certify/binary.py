@@ -61,7 +61,7 @@ def binary_kmeans(train_clusters: np.ndarray, train_labels: np.ndarray, test_clu
     """App. B certificate for every test sample (unit: label flips), from cluster assignments.
 
     ``train_clusters`` / ``test_clusters``: 0/1 cluster of each training / test image (from
-    :func:`poisoncert.semisup.binary_kmeans_fit`); ``train_labels``: 0/1 labels. ``detail`` holds
+    :func:`poisoncert.learners.kmeans.binary_kmeans_fit`); ``train_labels``: 0/1 labels. ``detail`` holds
     ``counts`` (n_test, 2), ``gap`` (tie-adjusted), ``runner_up``, ``cluster`` (test cluster) and
     the per-cluster label table ``n`` (2, 2) and agreement ``A`` = n[0,0] + n[1,1] (broadcast).
     """

@@ -2,10 +2,11 @@
 
 * :mod:`.supervised` — the papers' networks on each base model's labelled set (the engine);
 * :mod:`.two_phase` — Chen et al.'s 2-phase classifier (a supervised variant reading phi_2);
-* :mod:`.heads` — SS-DPA's heads on the label-free extractor (learners rotnet, simclr);
+* :mod:`.heads` — SS-DPA's heads (NiN block, linear, logistic) on the label-free extractor (learners rotnet, simclr);
 * :mod:`.frozen` — nearest centroid / k-NN on the frozen extractor features;
-* :mod:`.kmeans` — DPA App. B's 2-means with one labelled sample per base classifier;
-* :mod:`.extractors` — reading the label-free extractors those learners share.
+* :mod:`.kmeans` — DPA App. B's 2-means and its learner with one labelled sample per base classifier;
+* :mod:`.extractors` — the label-free extractors those learners share (RotNet, SimCLR): training them
+  once on the unlabeled training images, their features, and reading their files.
 
 The registry's :class:`poisoncert.registry.Learner` records hold what the threat model needs
 (whether a learner sees the unlabeled training images, its extractors, its schemes); the modules

@@ -25,11 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def extractor(dataset_file: str, out: str, config: dict[str, Any], device: str = "auto") -> None:
     """Train the SS-DPA feature extractor once on all unlabeled training images (no labels read).
 
-    ``config``: :class:`poisoncert.semisup.ExtractorConfig` fields; its ``arch`` says which learner
+    ``config``: :class:`poisoncert.learners.extractors.ExtractorConfig` fields; its ``arch`` says which learner
     (nin, light: rotnet; resnet18: simclr), so the rule passes the experiment's ``extractor`` only."""
     import torch
 
-    from ..semisup import ExtractorConfig, train_extractor
+    from ..learners.extractors import ExtractorConfig, train_extractor
 
     ds = read_dataset(dataset_file)
     try:

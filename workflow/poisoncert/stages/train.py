@@ -55,7 +55,7 @@ def learner_name(learner: str | None, extractor_file: str | None, phase2_file: s
         return learner
     if extractor_file is not None:
         from ..learners.extractors import read_extractor
-        from ..semisup import extractor_config
+        from ..learners.extractors import extractor_config
 
         return extractor_config(read_extractor(extractor_file)).learner
     return TWO_PHASE if phase2_file is not None else "supervised"
