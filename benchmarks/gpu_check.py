@@ -237,6 +237,7 @@ def strategies(device: str, toy: bool, n_models: int, deadline: float) -> dict:
         test = np.random.default_rng(4).integers(0, 256, (n_test,) + shape, dtype=np.uint8)
         base = dataclasses.replace(nin_config(1), crop_padding=0)
         candidates = [(f"grouped_g{g}", dataclasses.replace(base, strategy="grouped", group_size=g)) for g in groups]
+        candidates += [(f"stacked_g{g}", dataclasses.replace(base, strategy="stacked", group_size=g)) for g in groups]
         candidates += [("dense", dataclasses.replace(base, strategy="dense", group_size=8)), ("plain_loop", base)]
         for name, cfg in candidates:
             if time.time() > deadline:

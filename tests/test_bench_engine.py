@@ -25,7 +25,7 @@ def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
     assert {r["arch"] for r in res["results"]} == {"small_cnn", "nin"}
     for r in res["results"]:
         assert set(r["methods"]) == {"engine", "loop", "func"}
-        assert r["strategy"] == ("dense" if r["arch"] == "nin" else "grouped")
+        assert r["strategy"] == {"nin": "dense", "small_cnn": "stacked"}[r["arch"]]
         for t in r["methods"].values():
             assert 0 < t["train_cpu"]["min"] <= t["train_cpu"]["median"] and t["eval_cpu"]["min"] > 0
     md = (tmp_path / "engine_quick.md").read_text()

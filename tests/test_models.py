@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poisoncert.errors import PoisonCertError
-from poisoncert.models import ARCHITECTURES, BatchedContext, batched_forward, build_model, training_flops_per_sample
+from poisoncert.models import ARCHITECTURES, BatchedContext, batched_forward, build_model, stacked_forward, training_flops_per_sample
 from poisoncert.models import forward_flops_per_sample
 
 SHAPES = {"small_cnn": (1, 8, 8), "mlp": (1, 8, 8), "lenet": (1, 28, 28), "nin": (1, 28, 28), "resnet18": (3, 32, 32)}
@@ -47,6 +47,65 @@ def test_batched_forward_equals_each_models_own_forward(arch):
         own = torch.stack([m(xi) for m, xi in zip(models, x)])
     assert out.shape == (2, 4, 5)
     torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
+
+
+def _two_models(arch, n_classes=5):
+    c, h, w = SHAPES[arch]
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(build_model(arch, c, h, w, n_classes))
+    state = {name: torch.stack([m.state_dict()[name] for m in models]) for name in models[0].state_dict()}
+    x = [torch.randn(4, c, h, w, generator=torch.Generator().manual_seed(10 + i)) for i in range(2)]
+    return models, state, x
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_stacked_forward_equals_each_models_own_forward(arch):
+    """The stacked layout (B, n, H, W, C): convolutions as bmm over im2col patches, in evaluation with
+    the tiling max-pool folded into the product, in training with masked BatchNorm statistics; the
+    same function as every model's own module, and the same gradients."""
+    models, state, x = _two_models(arch)
+    xs = torch.stack([xi.permute(0, 2, 3, 1) for xi in x])  # (B, n, H, W, C)
+    with torch.no_grad():
+        out = stacked_forward(models[0], state, xs.contiguous(), BatchedContext(2, None))
+        own = torch.stack([m.eval()(xi) for m, xi in zip(models, x)])
+    torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
+    # training: batch statistics over the real rows, gradients of each model's own loss; in float64, where
+    # rounding cannot hide a wrong gradient (in float32, BatchNorm over 4 rows amplifies it to 1% in NiN)
+    models = [m.double() for m in models]
+    state = {k: (v.double() if v.is_floating_point() else v) for k, v in state.items()}
+    x = [xi.double() for xi in x]
+    params = {k: v.clone().requires_grad_(v.is_floating_point() and "running" not in k) for k, v in state.items()}
+    keys = [k for k, v in params.items() if v.requires_grad]
+    ctx = BatchedContext(2, torch.ones(4, 2, dtype=torch.float64))
+    loss = stacked_forward(models[0], params, torch.stack([xi.permute(0, 2, 3, 1) for xi in x]).contiguous(), ctx).square().sum()
+    grads = dict(zip(keys, torch.autograd.grad(loss, [params[k] for k in keys])))
+    for b, (m, xi) in enumerate(zip(models, x)):
+        m.train().zero_grad()
+        m(xi).square().sum().backward()
+        for k, v in m.named_parameters():
+            torch.testing.assert_close(grads[k][b], v.grad, rtol=1e-9, atol=1e-9, msg=f"{arch} {k}")
+
+
+def test_relu_before_max_pool_runs_after_it_bit_for_bit():
+    """The batched interpreters run a ReLU that precedes a MaxPool2d after it: the same values and
+    the same gradients, bit for bit, also on ties (zeros, equal maxima)."""
+    from poisoncert.models import _children
+
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.ReLU())
+    assert [type(m).__name__ for _, m in _children(seq)] == ["Conv2d", "MaxPool2d", "ReLU", "ReLU"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (64, 3, 8, 8), generator=g).float()  # many ties and zeros
+    x[:8] = 0.0
+    for fn in (torch.nn.functional.max_pool2d,):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fn(torch.relu(a), 2), torch.relu(fn(b, 2))
+        assert torch.equal(ya, yb)
+        up = torch.randn(ya.shape, generator=g)
+        ga, = torch.autograd.grad(ya, a, up)
+        gb, = torch.autograd.grad(yb, b, up)
+        assert torch.equal(ga, gb)
 
 
 def test_unknown_architecture_and_bad_sizes_are_one_line_errors():

@@ -47,6 +47,9 @@ CFG_TA = dataclasses.replace(CFG, augment="trivial_augment")
 CFG_BN = TrainConfig(arch="nin", epochs=1, batch_size=4, lr=0.02, crop_padding=1, group_size=0, cpu_threads=1, strategy="grouped")
 #: the dense strategy (each model alone through its nn.Module): the same contract must hold
 CFG_DENSE = dataclasses.replace(CFG, strategy="dense", group_size=2)
+#: every vectorised strategy explicitly (CFG's auto resolves to small_cnn's measured CPU choice)
+CFG_GROUPED = dataclasses.replace(CFG, strategy="grouped")
+CFG_STACKED = dataclasses.replace(CFG, strategy="stacked")
 
 
 def _poison(sets, j, rng):
@@ -61,9 +64,12 @@ def _poison(sets, j, rng):
 
 
 @pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, group_size=2), CFG_BN, CFG_TA, dataclasses.replace(CFG_TA, group_size=2),
-                                 CFG_DENSE, dataclasses.replace(CFG_BN, strategy="auto")],
+                                 CFG_DENSE, dataclasses.replace(CFG_BN, strategy="auto"), CFG_GROUPED,
+                                 dataclasses.replace(CFG_STACKED, group_size=2), dataclasses.replace(CFG_BN, strategy="stacked"),
+                                 TrainConfig(arch="mlp", epochs=2, batch_size=8, crop_padding=1, group_size=0, cpu_threads=1, strategy="stacked")],
                          ids=["small_cnn", "small_cnn_groups_of_2", "nin_masked_bn", "trivial_augment", "trivial_augment_groups_of_2",
-                              "small_cnn_dense", "nin_auto_dense"])
+                              "small_cnn_dense", "nin_auto_dense", "small_cnn_grouped", "small_cnn_stacked_groups_of_2",
+                              "nin_masked_bn_stacked", "mlp_stacked"])
 @pytest.mark.parametrize("victim", [1, 3], ids=["empty_becomes_largest", "small_becomes_largest"])
 def test_shard_invariance_neighbour_poisoned(data, cfg, victim):
     sets, test_images, _ = data
@@ -124,7 +130,7 @@ def test_group_padding_makes_logits_independent_of_shard_size(data):
     assert np.array_equal(big[4], last[0])
 
 
-@pytest.mark.parametrize("CFG", [CFG, CFG_TA], ids=["crop_flip", "trivial_augment"])
+@pytest.mark.parametrize("CFG", [CFG, CFG_TA, CFG_GROUPED, CFG_STACKED], ids=["crop_flip", "trivial_augment", "grouped", "stacked"])
 def test_different_sizes_match_reference_loop(data, CFG):
     """Models of sizes 13, 21, 9, 17 (batch 8: padded last minibatches, different step counts)
     trained together agree with the plain per-model loop up to float rounding."""
@@ -264,7 +270,7 @@ def test_gpu_check_rehearses_on_the_cpu(repo_root, tmp_path):
     assert ssdpa["nin_block_heads_repeat_bit_identical"] and ssdpa["nin_block_flip_changes_only_its_head"]
     strategies = json.loads((tmp_path / "strategies.json").read_text())  # grouped vs dense vs the plain loop, per shape
     assert set(strategies["fastest"]) == {"1x28x28", "3x32x32"}
-    assert {r["strategy"] for r in strategies["rows"]} >= {"grouped_g2", "dense", "plain_loop"}
+    assert {r["strategy"] for r in strategies["rows"]} >= {"grouped_g2", "stacked_g2", "dense", "plain_loop"}
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
@@ -318,11 +324,12 @@ def test_strategy_auto_resolves_per_arch_and_device_and_bad_ones_are_refused():
     from poisoncert.train import STRATEGY_TABLE, resolve_strategy
 
     assert resolve_strategy(TrainConfig(arch="nin"), "cpu") == STRATEGY_TABLE[("nin", "cpu")] == "dense"
-    assert resolve_strategy(TrainConfig(arch="small_cnn"), "cpu") == "grouped"
+    assert resolve_strategy(TrainConfig(arch="small_cnn"), "cpu") == STRATEGY_TABLE[("small_cnn", "cpu")] == "stacked"
+    assert resolve_strategy(TrainConfig(arch="lenet"), "cpu") == "grouped"
     assert resolve_strategy(TrainConfig(arch="nin", strategy="grouped"), "cpu") == "grouped"
     # a named GPU need not be visible where the rules resolve it (a login node): no error, the cuda entry
     assert resolve_strategy(TrainConfig(arch="nin"), "cuda") == STRATEGY_TABLE.get(("nin", "cuda"), "grouped")
-    with pytest.raises(PoisonCertError, match="unknown strategy 'fast'; valid ones: auto, grouped, dense"):
+    with pytest.raises(PoisonCertError, match="unknown strategy 'fast'; valid ones: auto, grouped, dense, stacked"):
         TrainConfig(strategy="fast")
 
 

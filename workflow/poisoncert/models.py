@@ -36,6 +36,7 @@ __all__ = [
     "ARCHITECTURES",
     "build_model",
     "batched_forward",
+    "stacked_forward",
     "training_flops_per_sample",
     "GlobalAvgPool",
     "ResidualBlock",
@@ -254,28 +255,25 @@ class BatchedContext:
         self.mask = mask
         self.training = mask is not None
         self.bn_updates: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self.cache: dict[str, torch.Tensor] = {}  # evaluation: weights rearranged once (stacked_forward)
 
 
-def _img_to_feat(x: torch.Tensor, B: int) -> torch.Tensor:
-    n = x.shape[0]
-    return x.reshape(n, B, -1).transpose(0, 1)  # (B, n, C*H*W)
-
-
-def _masked_bn(m: nn.BatchNorm2d, name: str, state, x: torch.Tensor, ctx: BatchedContext) -> torch.Tensor:
+def _masked_bn(m: nn.BatchNorm2d, name: str, state, xv: torch.Tensor, ctx: BatchedContext, stat_shape: tuple,
+               dims: tuple, m5: torch.Tensor | None, hw: int) -> torch.Tensor:
+    """BatchNorm2d of B models on a 5-d view ``xv`` of the activations, in either layout: statistics per
+    (model, channel) over ``dims`` (rows and space), in training over the real rows only (``m5``: the
+    row mask broadcast to ``xv``), running statistics per model collected in ``ctx.bn_updates``.
+    ``stat_shape`` broadcasts a (B, C) statistic against ``xv``; ``hw`` = H * W."""
     B = ctx.B
-    n, BC, H, W = x.shape
-    C = BC // B
-    xv = x.view(n, B, C, H, W)
-    weight = state[name + ".weight"].view(1, B, C, 1, 1) if m.affine else None
-    bias = state[name + ".bias"].view(1, B, C, 1, 1) if m.affine else None
+    weight = state[name + ".weight"].view(stat_shape) if m.affine else None
+    bias = state[name + ".bias"].view(stat_shape) if m.affine else None
     if ctx.training:
-        m5 = ctx.mask.view(n, B, 1, 1, 1)
-        cnt = (ctx.mask.sum(0) * (H * W)).view(B, 1)  # real values per (model, channel)
+        cnt = (ctx.mask.sum(0) * hw).view(B, 1)  # real values per (model, channel)
         cnt1 = cnt.clamp(min=1.0)
-        mean = (xv * m5).sum(dim=(0, 3, 4)) / cnt1  # (B, C)
-        centred = xv - mean.view(1, B, C, 1, 1)
-        var = ((centred * m5) ** 2).sum(dim=(0, 3, 4)) / cnt1  # biased, as BN normalises with
-        y = centred * torch.rsqrt(var.view(1, B, C, 1, 1) + m.eps)
+        mean = (xv * m5).sum(dim=dims) / cnt1  # (B, C)
+        centred = xv - mean.view(stat_shape)
+        var = ((centred * m5) ** 2).sum(dim=dims) / cnt1  # biased, as BN normalises with
+        y = centred * torch.rsqrt(var.view(stat_shape) + m.eps)
         if m.track_running_stats:
             with torch.no_grad():
                 mom = m.momentum if m.momentum is not None else 0.1
@@ -286,61 +284,259 @@ def _masked_bn(m: nn.BatchNorm2d, name: str, state, x: torch.Tensor, ctx: Batche
                     (name, rm * (1.0 - mom) + mean.detach() * mom, rv * (1.0 - mom) + unbiased * mom)
                 )
     else:
-        rm = state[name + ".running_mean"].view(1, B, C, 1, 1)
-        rv = state[name + ".running_var"].view(1, B, C, 1, 1)
+        rm = state[name + ".running_mean"].view(stat_shape)
+        rv = state[name + ".running_var"].view(stat_shape)
         y = (xv - rm) * torch.rsqrt(rv + m.eps)
     if weight is not None:
         y = y * weight + bias
-    return y.view(n, BC, H, W)
+    return y
 
 
-def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout: str, ctx: BatchedContext):
-    """Apply ``module`` (qualified name ``name``) batched over B models. Returns (x, layout)."""
+def _img_to_feat(x: torch.Tensor, B: int) -> torch.Tensor:
+    n = x.shape[0]
+    return x.reshape(n, B, -1).transpose(0, 1)  # (B, n, C*H*W)
+
+
+class _GroupedLayout:
+    """Images (n, B*C, H, W): model b owns channels b*C:(b+1)*C; a convolution is one grouped
+    convolution (``groups=B``); features (B, n, F)."""
+
+    folds_pools = False
+
+    @staticmethod
+    def conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: BatchedContext, pool_k: int = 0) -> torch.Tensor:
+        w = state[p + "weight"]
+        w = w.reshape(ctx.B * w.shape[1], *w.shape[2:])
+        b = state[p + "bias"].reshape(-1) if m.bias is not None else None
+        if m.groups != 1 or m.padding_mode != "zeros":
+            raise PoisonCertError(f"{p[:-1]}: only plain zero-padded, ungrouped Conv2d is supported")
+        return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, groups=ctx.B)
+
+    @staticmethod
+    def bn(m: nn.BatchNorm2d, name: str, state, x: torch.Tensor, ctx: BatchedContext) -> torch.Tensor:
+        B = ctx.B
+        n, BC, H, W = x.shape
+        C = BC // B
+        m5 = ctx.mask.view(n, B, 1, 1, 1) if ctx.training else None
+        y = _masked_bn(m, name, state, x.view(n, B, C, H, W), ctx, (1, B, C, 1, 1), (0, 3, 4), m5, H * W)
+        return y.view(n, BC, H, W)
+
+    @staticmethod
+    def pool(fn, x: torch.Tensor) -> torch.Tensor:
+        return fn(x)
+
+    @staticmethod
+    def gap(x: torch.Tensor, B: int) -> torch.Tensor:
+        return _img_to_feat(x.mean(dim=(2, 3)), B)
+
+    @staticmethod
+    def flatten(x: torch.Tensor, B: int):
+        return _img_to_feat(x, B), "feat"
+
+    @staticmethod
+    def linear_weight(w: torch.Tensor, layout, ctx: BatchedContext, key: str) -> torch.Tensor:
+        return w
+
+
+def _stacked_weight(ctx: "BatchedContext", key: str, make):
+    """A weight rearranged for the stacked layout: built per call while training (it changes every
+    step), once per context in evaluation (the context is reused over the test chunks)."""
+    if ctx.training:
+        return make()
+    if key not in ctx.cache:
+        ctx.cache[key] = make()
+    return ctx.cache[key]
+
+
+def _pool_window(pool: nn.Module | None) -> int:
+    """The window k of a MaxPool2d that tiles its input (kernel = stride = k, no padding, dilation 1,
+    floor mode), else 0: such a pool can be folded into the convolution before it in evaluation."""
+    if not isinstance(pool, nn.MaxPool2d):
+        return 0
+    k, s, pad, dil = (pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+    pair = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v))
+    k, s, pad, dil = pair(k), pair(s), pair(pad), pair(dil)
+    ok = k[0] == k[1] == s[0] == s[1] and pad == (0, 0) and dil == (1, 1) and not pool.ceil_mode
+    return k[0] if ok else 0
+
+
+def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedContext", pool_k: int = 0) -> torch.Tensor:
+    """Conv2d of B models on (B, n, H, W, C) as one ``bmm``: im2col patches (B, rows, kh*kw*C (+1))
+    times each model's weight as a (kh*kw*C (+1), Cout) matrix, the bias as the weight of a column of
+    ones (no separate pass over the output). Patches are gathered by slices of the zero-padded input:
+    with one input channel into (B, kh*kw, rows) (contiguous rows, transposed for the product), else
+    into (B, rows, kh*kw*C) (kernel offset major, channel minor). Returns (B, n, Ho, Wo, Cout).
+
+    ``pool_k`` > 0 (evaluation only): the k x k max-pool that follows, folded in. The rows are the
+    conv outputs ordered by their offset inside the pooling window, so the pool is a max over a leading
+    axis (the same values as max-pooling the full output, each an exact max); returns the pooled
+    (B, n, Ho // k, Wo // k, Cout)."""
+    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise PoisonCertError(f"{p[:-1]}: only plain zero-padded, ungrouped Conv2d is supported")
+    B, n, H, W, C = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    q = max(pool_k, 1)  # output positions per window side
+    Ho, Wo = Ho // q, Wo // q
+    K, M, bias = kh * kw * C, q * q * n * Ho * Wo, m.bias is not None
+    xp = F.pad(x, (0, 0, pw, pw, ph, ph)) if (ph or pw) else x
+
+    def taps(a: int, b: int) -> list[torch.Tensor]:  # input slices of the outputs at window offset (a, b)
+        r0, c0, rs, cs = a * sh, b * sw, q * sh, q * sw
+        return [xp[:, :, r0 + i * dh: r0 + i * dh + (Ho - 1) * rs + 1: rs, c0 + j * dw: c0 + j * dw + (Wo - 1) * cs + 1: cs]
+                for i in range(kh) for j in range(kw)]
+
+    if not x.requires_grad:  # one strided view of every patch, copied once (no autograd through as_strided)
+        sB, sN, sH, sW, sC = xp.stride()
+        win, grid = (sh * sH, sw * sW), (q * sh * sH, q * sw * sW)
+        if C == 1:
+            view = xp.as_strided((B, kh, kw, q, q, n, Ho, Wo), (sB, dh * sH, dw * sW, *win, sN, *grid), xp.storage_offset())
+            buf = xp.new_empty(B, K + bias, M)
+            buf[:, :K].view(B, kh, kw, q, q, n, Ho, Wo).copy_(view)
+            if bias:
+                buf[:, K].fill_(1.0)
+            patches = buf.transpose(1, 2)  # (B, M, K (+1)), column-major
+        else:
+            view = xp.as_strided((B, q, q, n, Ho, Wo, kh, kw, C), (sB, *win, sN, *grid, dh * sH, dw * sW, sC), xp.storage_offset())
+            patches = xp.new_empty(B, M, K + bias)
+            patches[..., :K].unflatten(1, (q, q, n, Ho, Wo)).unflatten(-1, (kh, kw, C)).copy_(view)
+            if bias:
+                patches[..., K].fill_(1.0)
+    else:
+        offsets = [(a, b) for a in range(q) for b in range(q)]
+        if C == 1:
+            per_tap = list(zip(*[taps(a, b) for a, b in offsets]))  # [tap][offset]
+            rows = [t.squeeze(-1) for tap in per_tap for t in tap] + ([x.new_ones(B, n, Ho, Wo)] * len(offsets) if bias else [])
+            patches = torch.stack(rows, dim=1).view(B, K + bias, M).transpose(1, 2)  # (B, M, K (+1)), column-major
+        else:
+            ones = [x.new_ones(B, n, Ho, Wo, 1)] if bias else []
+            blocks = [torch.cat(taps(a, b) + ones, dim=-1) for a, b in offsets]
+            patches = (blocks[0] if q == 1 else torch.stack(blocks, dim=1)).reshape(B, M, K + bias)
+
+    def weight():
+        w = state[p + "weight"]  # (B, Cout, C, kh, kw) -> (B, kh*kw*C (+1), Cout)
+        w = w.permute(0, 3, 4, 2, 1).reshape(B, K, w.shape[1])
+        return torch.cat([w, state[p + "bias"].unsqueeze(1)], dim=1) if bias else w
+
+    out = torch.bmm(patches, _stacked_weight(ctx, p + "weight", weight))
+    if pool_k:
+        return out.view(B, q * q, n, Ho, Wo, -1).amax(dim=1)
+    return out.view(B, n, Ho, Wo, -1)
+
+
+def _stacked_pool(fn, x: torch.Tensor) -> torch.Tensor:
+    """A 2-d pooling ``fn`` of (B, n, H, W, C) run as torch's channels-last kernel on (B*n, C, H, W)."""
+    B, n, H, W, C = x.shape
+    y = fn(x.reshape(B * n, H, W, C).permute(0, 3, 1, 2))
+    return y.permute(0, 2, 3, 1).reshape(B, n, y.shape[2], y.shape[3], C)
+
+
+class _StackedLayout:
+    """Images (B, n, H, W, C) (model-major, channels last): a convolution is one ``bmm`` over im2col
+    patches (:func:`_stacked_conv`), pooling torch's channels-last kernel on (B*n, C, H, W), a Flatten
+    keeps (h, w, c) order (the next Linear permutes its weight to match); features (B, n, F). In
+    evaluation a max-pool that tiles its input folds into the convolution before it."""
+
+    folds_pools = True
+    conv = staticmethod(_stacked_conv)
+    pool = staticmethod(_stacked_pool)
+
+    @staticmethod
+    def bn(m: nn.BatchNorm2d, name: str, state, x: torch.Tensor, ctx: BatchedContext) -> torch.Tensor:
+        B, n, H, W, C = x.shape
+        m5 = ctx.mask.t().reshape(B, n, 1, 1, 1) if ctx.training else None
+        return _masked_bn(m, name, state, x, ctx, (B, 1, 1, 1, C), (1, 2, 3), m5, H * W)
+
+    @staticmethod
+    def gap(x: torch.Tensor, B: int) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+    @staticmethod
+    def flatten(x: torch.Tensor, B: int):
+        _, n, H, W, C = x.shape
+        return x.reshape(B, n, H * W * C), ("hwc", C, H, W)
+
+    @staticmethod
+    def linear_weight(w: torch.Tensor, layout, ctx: BatchedContext, key: str) -> torch.Tensor:
+        if layout == "feat":
+            return w
+        _, C, H, W = layout  # (c, h, w) columns -> (h, w, c), the order of the flattened features
+        return _stacked_weight(ctx, key, lambda: w.view(ctx.B, -1, C, H, W).permute(0, 1, 3, 4, 2).reshape(ctx.B, -1, C * H * W))
+
+
+def _children(module: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """A Sequential's children in the order the batched interpreters run them: a ReLU directly
+    followed by a MaxPool2d runs after it. The two commute exactly (``relu(max(v)) == max(relu(v))``
+    bit for bit, and both send the gradient to the window's first maximum when it is positive, none
+    otherwise), and pooling first makes the ReLU and its backward 4x smaller (LeNet)."""
+    kids = list(module.named_children())
+    for i in range(len(kids) - 1):
+        if isinstance(kids[i][1], nn.ReLU) and isinstance(kids[i + 1][1], nn.MaxPool2d):
+            kids[i], kids[i + 1] = kids[i + 1], kids[i]
+    return kids
+
+
+def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout, ctx: BatchedContext, L=_GroupedLayout):
+    """Apply ``module`` (qualified name ``name``) batched over B models in the layout ``L``. ``layout``
+    is ``"img"`` (images), ``"feat"`` (features) or, in the stacked layout right after a Flatten,
+    ``("hwc", C, H, W)``. Returns (x, layout)."""
     B = ctx.B
     p = (name + ".") if name else ""
     if isinstance(module, nn.Sequential):
-        for child_name, child in module.named_children():
-            x, layout = _run(child, p + child_name, state, x, layout, ctx)
+        kids = _children(module)
+        i = 0
+        while i < len(kids):
+            child_name, child = kids[i]
+            fold = (L.folds_pools and not ctx.training and layout == "img" and isinstance(child, nn.Conv2d)
+                    and i + 1 < len(kids) and _pool_window(kids[i + 1][1]))
+            if fold:  # evaluation: a convolution and the max-pool that tiles it, as one product
+                x = L.conv(child, p + child_name + ".", state, x, ctx, pool_k=fold)
+                i += 2
+                continue
+            x, layout = _run(child, p + child_name, state, x, layout, ctx, L)
+            i += 1
         return x, layout
     if isinstance(module, nn.Conv2d):
         if layout != "img":
             raise PoisonCertError(f"{name}: Conv2d after flattening is not supported")
-        w = state[p + "weight"]
-        w = w.reshape(B * w.shape[1], *w.shape[2:])
-        b = state[p + "bias"].reshape(-1) if module.bias is not None else None
-        if module.groups != 1 or module.padding_mode != "zeros":
-            raise PoisonCertError(f"{name}: only plain zero-padded, ungrouped Conv2d is supported")
-        return F.conv2d(x, w, b, module.stride, module.padding, module.dilation, groups=B), layout
+        return L.conv(module, p, state, x, ctx), layout
     if isinstance(module, nn.BatchNorm2d):
-        return _masked_bn(module, p[:-1], state, x, ctx), layout
+        return L.bn(module, p[:-1], state, x, ctx), layout
     if isinstance(module, nn.ReLU):
-        return F.relu(x), layout
+        return F.relu(x, inplace=not ctx.training), layout  # evaluation: x is a fresh activation
     if isinstance(module, nn.MaxPool2d):
-        return F.max_pool2d(x, module.kernel_size, module.stride, module.padding, module.dilation,
-                            ceil_mode=module.ceil_mode), layout
+        return L.pool(lambda t: F.max_pool2d(t, module.kernel_size, module.stride, module.padding, module.dilation,
+                                             ceil_mode=module.ceil_mode), x), layout
     if isinstance(module, nn.AvgPool2d):
-        return F.avg_pool2d(x, module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                            module.count_include_pad, module.divisor_override), layout
+        return L.pool(lambda t: F.avg_pool2d(t, module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                             module.count_include_pad, module.divisor_override), x), layout
     if isinstance(module, GlobalAvgPool):
-        return _img_to_feat(x.mean(dim=(2, 3)), B), "feat"
+        return L.gap(x, B), "feat"
     if isinstance(module, nn.Flatten):
-        return (_img_to_feat(x, B) if layout == "img" else x), "feat"
+        return L.flatten(x, B) if layout == "img" else (x, layout)
     if isinstance(module, nn.Linear):
-        if layout != "feat":
+        if layout == "img":
             raise PoisonCertError(f"{name}: Linear needs flattened input")
-        w = state[p + "weight"]  # (B, out, in)
+        w = L.linear_weight(state[p + "weight"], layout, ctx, p + "weight")  # (B, out, in)
         if module.bias is not None:
-            return torch.baddbmm(state[p + "bias"].unsqueeze(1), x, w.transpose(1, 2)), layout
-        return torch.bmm(x, w.transpose(1, 2)), layout
+            return torch.baddbmm(state[p + "bias"].unsqueeze(1), x, w.transpose(1, 2)), "feat"
+        return torch.bmm(x, w.transpose(1, 2)), "feat"
     if hasattr(module, "batched"):
         holder = {"layout": layout}
 
         def run(child_name, y):
-            out, holder["layout"] = _run(getattr(module, child_name), p + child_name, state, y, holder["layout"], ctx)
+            out, holder["layout"] = _run(getattr(module, child_name), p + child_name, state, y, holder["layout"], ctx, L)
             return out
 
         return module.batched(run, x), holder["layout"]
     raise PoisonCertError(f"{name}: layer type {type(module).__name__} has no batched implementation")
+
+
+def _forward(template: nn.Module, state, x: torch.Tensor, ctx: BatchedContext, L) -> torch.Tensor:
+    out, layout = _run(template, "", state, x, "img", ctx, L)
+    if layout != "feat":
+        raise PoisonCertError("architecture must end in a Linear layer")
+    return out
 
 
 def batched_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor,
@@ -351,10 +547,26 @@ def batched_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torc
     B. ``x``: float (n, B*C, H, W) (image layout) — model b's input in channels b*C:(b+1)*C.
     Returns logits (B, n, n_classes).
     """
-    out, layout = _run(template, "", state, x, "img", ctx)
-    if layout != "feat":
-        raise PoisonCertError("architecture must end in a Linear layer")
-    return out
+    return _forward(template, state, x, ctx, _GroupedLayout)
+
+
+def stacked_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor,
+                    ctx: BatchedContext) -> torch.Tensor:
+    """:func:`batched_forward` in the *stacked* (model-major) layout: ``x`` is float (B, n, H, W, C)
+    (model b's images, channels last). Convolutions are batched matrix products over im2col patches
+    (each model's own weight matrix), pooling runs torch's channels-last kernels on (B*n, C, H, W);
+    per model every activation is contiguous, so no layer copies between layouts. The same function
+    as :func:`batched_forward` up to float rounding. Returns logits (B, n, n_classes).
+
+    >>> import torch
+    >>> m = build_model("small_cnn", 1, 8, 8, 3)
+    >>> state = {k: v.detach().unsqueeze(0) for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    >>> x = torch.randn(2, 1, 8, 8)
+    >>> out = stacked_forward(m, state, x.permute(0, 2, 3, 1).unsqueeze(0), BatchedContext(1, None))
+    >>> torch.allclose(out[0], m(x), atol=1e-5)
+    True
+    """
+    return _forward(template, state, x, ctx, _StackedLayout)
 
 
 # --------------------------------------------------------------------------------------------

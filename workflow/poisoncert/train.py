@@ -26,7 +26,8 @@ or the sizes of the other partitions in its shard:
   default) consumes the generator exactly as before the option existed.
 * **per-model normalisation**: each model normalises with :func:`channel_stats` of its own set.
 * **no cross-model arithmetic**: the ``dense`` strategy (:data:`STRATEGIES`) runs each model alone through
-  its own ``nn.Module``; under ``grouped`` convolutions are grouped (one group per model), linear layers are
+  its own ``nn.Module``; under ``grouped`` convolutions are grouped (one group per model), under
+  ``stacked`` they are one batched matrix product with each model's own weight matrix; linear layers are
   ``baddbmm``, BatchNorm statistics are per model, the loss is a sum of per-model losses (so each
   model's gradient is that of its own loss, exactly).
 * **deterministic kernels**: ``torch.use_deterministic_algorithms(True)``, cuDNN benchmark off,
@@ -70,7 +71,7 @@ import torch.nn.functional as F  # noqa: E402
 from .augment import AUGMENTATIONS, augment_batch, draw_augment  # noqa: E402
 from .data import canonical_order  # noqa: E402  (pixels, then label: DPA paper 2.2.1)
 from .errors import PoisonCertError  # noqa: E402
-from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model  # noqa: E402
+from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model, stacked_forward  # noqa: E402
 from .schema import param  # noqa: E402
 
 __all__ = [
@@ -92,24 +93,31 @@ STD_FLOOR = 1e-2
 
 _RNG_TAG = 0x5EED
 
-STRATEGIES = ("grouped", "dense")
+STRATEGIES = ("grouped", "dense", "stacked")
 """How the engine executes a group of models (:attr:`TrainConfig.strategy`):
 
 * ``grouped``: the group's models vectorised: grouped convolutions (one group per model),
   ``baddbmm`` linear layers, masked BatchNorm, minibatches padded to ``batch_size`` rows;
+* ``stacked``: the group's models vectorised in the model-major layout (B, n, H, W, C)
+  (:func:`poisoncert.models.stacked_forward`): every convolution one ``bmm`` over im2col patches
+  with each model's own weight matrix, pooling by torch's channels-last kernels, no layout copies;
+  minibatches padded as under ``grouped``;
 * ``dense``: each model alone through its own ``nn.Module`` with dense kernels (the plain loop's
   kernels, ``channels_last``; the last minibatch of an epoch keeps its real rows only), one after
   the other; ``group_size`` then changes no bits.
 """
 
 STRATEGY_TABLE: dict[tuple[str, str], str] = {
+    ("small_cnn", "cpu"): "stacked",
     ("nin", "cpu"): "dense",
     ("resnet18", "cpu"): "dense",
 }
 """``strategy: auto`` per (arch, device type), chosen by ``benchmarks/bench_engine.py`` (CPU; every pair
 not listed is ``grouped``). On one CPU thread the dense per-model convolutions of NiN and ResNet-18
 run at about half the fp32 matmul rate while their grouped convolutions reach a few percent: dense
-wins 10x there. small_cnn and lenet (1 input channel, tiny kernels) win grouped. CUDA is
+wins 10x there. small_cnn (one 3x3 convolution of one channel, then a 2x2 max-pool) wins stacked:
+its convolution becomes one ``bmm`` with no layout copies, and in evaluation the pool folds into the
+product. lenet (6-channel maps, where a model-major layout vectorises badly) wins grouped. CUDA is
 unmeasured: ``benchmarks/gpu_check.py`` compares the strategies on a GPU (issue 23)."""
 
 
@@ -153,7 +161,7 @@ class TrainConfig:
     warmup_epochs: int = param(0, "Linear learning-rate warm-up: epoch e < warmup_epochs uses lr * (e + 1) / warmup_epochs.", minimum=0, maximum=100000)
     eval_batch_size: int = param(0, "Test images per forward pass (fixed per device, so logits never depend on the data). 0 = "
                                  "auto: 1000 on a GPU; on a CPU 8 for the grouped strategy (the activations stay in the caches, about 7x faster "
-                                 "than 1000) and 128 for the dense one.",
+                                 "than 1000), 16 for the stacked one and 128 for the dense one (poisoncert.train.CPU_EVAL_BATCH).",
                                  minimum=0, maximum=1000000)
     #: torch CPU threads while training (0 = leave torch's setting); see module doc. Set from the config's train_threads.
     cpu_threads: int = param(1, in_schema=False)
@@ -162,9 +170,10 @@ class TrainConfig:
     channels_last: bool = param(True, "Memory format of the vectorised engine's activations (a speed setting, but recorded: it "
                                 "may change the bits).")
     strategy: str = param("auto", "How the engine executes the models (poisoncert.train.STRATEGIES): grouped (vectorised: "
-                          "grouped convolutions, one group per model), dense (each model alone with dense kernels) or auto "
-                          "(the measured choice per arch and device, poisoncert.train.STRATEGY_TABLE; the workflow records "
-                          "the resolved one). Part of a model's identity.", enum=("auto", "grouped", "dense"))
+                          "grouped convolutions, one group per model), stacked (vectorised in a model-major layout: every "
+                          "convolution one batched matrix product over im2col patches), dense (each model alone with dense "
+                          "kernels) or auto (the measured choice per arch and device, poisoncert.train.STRATEGY_TABLE; the "
+                          "workflow records the resolved one). Part of a model's identity.", enum=("auto",) + STRATEGIES)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -365,14 +374,19 @@ def resolve_strategy(config: TrainConfig, device: str | torch.device | None = No
     return STRATEGY_TABLE.get((config.arch, kind), "grouped")
 
 
+CPU_EVAL_BATCH = {"grouped": 8, "stacked": 16, "dense": 128}
+"""Test images per forward pass on a CPU (``eval_batch_size: 0``) per strategy, measured by
+``benchmarks/bench_engine.py``: a group's activations stay in the caches (grouped, stacked); a
+single model's kernels want larger batches (dense)."""
+
+
 def eval_batch_size(config: TrainConfig, dev: torch.device, strategy: str = "grouped") -> int:
-    """Test images per forward pass: the config's, or for 0 (auto) 1000 on a GPU and on a CPU 8 for
-    the grouped strategy (the activations of a group stay in the caches: about 7x faster than 1000)
-    or 128 for the dense one (a single model's kernels want larger batches; benchmarks/bench_engine.py).
-    Fixed per device and strategy, so a model's logits never depend on the data."""
+    """Test images per forward pass: the config's, or for 0 (auto) 1000 on a GPU and on a CPU
+    :data:`CPU_EVAL_BATCH` of the strategy. Fixed per device and strategy, so a model's logits never
+    depend on the data."""
     if config.eval_batch_size:
         return config.eval_batch_size
-    return 1000 if dev.type == "cuda" else (128 if strategy == "dense" else 8)
+    return 1000 if dev.type == "cuda" else CPU_EVAL_BATCH[strategy]
 
 
 def device_name(dev: torch.device) -> str:
@@ -543,8 +557,8 @@ def _finish(out: np.ndarray, empty: list[int]) -> np.ndarray:
 
 def _fit(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, strategy: str, bar=None):
     """Train one group of G models with ``strategy`` (:data:`STRATEGIES`); :func:`_evaluate` takes the result."""
-    if strategy == "grouped":
-        return _fit_group(sets, seeds, shape, K, config, dev, bar)
+    if strategy in _VECTORISED:
+        return _fit_group(sets, seeds, shape, K, config, dev, bar, strategy)
     fitted = []
     for (im, lb), sd in zip(sets, seeds):  # dense: each model alone, one after the other
         fitted.append(_fit_one(im, lb, sd, shape, K, config, dev, channels_last=config.channels_last, fast=True) if len(lb) else None)
@@ -555,7 +569,7 @@ def _fit(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, str
 
 def _evaluate(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, strategy: str) -> np.ndarray:
     """Logits (G, n_test, K) of a group fitted by :func:`_fit` (all-zero for an empty set under ``dense``)."""
-    if strategy == "grouped":
+    if strategy in _VECTORISED:
         return _evaluate_group(fitted, test, config, dev)
     K, models = fitted
     out = np.zeros((len(models), test.shape[0], K), np.float32)
@@ -566,8 +580,24 @@ def _evaluate(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device
     return out
 
 
-def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, bar):
+def _grouped_input(x: torch.Tensor, cl) -> torch.Tensor:
+    """Normalised images (B, n, C, H, W) -> the grouped layout (n, B*C, H, W)."""
+    B, n, C, H, W = x.shape
+    return x.transpose(0, 1).reshape(n, B * C, H, W).contiguous(memory_format=cl)
+
+
+def _stacked_input(x: torch.Tensor, cl) -> torch.Tensor:
+    """Normalised images (B, n, C, H, W) -> the stacked layout (B, n, H, W, C)."""
+    return x.permute(0, 1, 3, 4, 2).contiguous()
+
+
+_VECTORISED = {"grouped": (_grouped_input, batched_forward), "stacked": (_stacked_input, stacked_forward)}
+"""The vectorised strategies: (input layout, forward) of each."""
+
+
+def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, bar, strategy: str = "grouped"):
     """Train one group of G models vectorised; returns what :func:`_evaluate_group` needs."""
+    to_layout, forward = _VECTORISED[strategy]
     B = len(sets)
     C, H, W = shape
     pad = config.crop_padding
@@ -643,12 +673,11 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
                         torch.from_numpy(flp_np).to(dev).view(-1), H, W, pad, config.hflip)
         if config.augment != "none":
             u8 = augment_batch(u8, torch.from_numpy(ops_np).to(dev).view(-1), torch.from_numpy(str_np).to(dev).view(-1))
-        x = _normalize(u8.view(B, bsz, C, H, W), mean_b, std_b)  # (B, b, C, H, W)
-        x = x.transpose(0, 1).reshape(bsz, B * C, H, W).contiguous(memory_format=cl)
+        x = to_layout(_normalize(u8.view(B, bsz, C, H, W), mean_b, std_b), cl)  # from (B, b, C, H, W)
         y1h = F.one_hot(label_store[idx].view(B, bsz), K).to(torch.float32)
 
         ctx = BatchedContext(B, mask_bt.t().contiguous())
-        logits = batched_forward(template, state, x, ctx)  # (B, b, K)
+        logits = forward(template, state, x, ctx)  # (B, b, K)
         nll = -(torch.log_softmax(logits, dim=-1) * y1h).sum(-1)  # (B, b)
         loss_m = (nll * mask_bt).sum(1) / mask_bt.sum(1).clamp(min=1.0)
         grads = torch.autograd.grad(loss_m.sum(), params)
@@ -658,19 +687,35 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
             lr_t = torch.from_numpy(lr_np).to(dev)
             # SGD (weight decay, momentum, Nesterov) as torch.optim.SGD computes it, with one foreach
             # op per stage instead of one op per parameter; the same float operations in the same
-            # order as per parameter, so the same bits.
+            # order as per parameter, so the same bits. When every model steps (the common case) the
+            # stages run in place (the same operations: IEEE sums and products commute) and a learning
+            # rate shared by every model is one scalar.
             grads = list(grads)
-            d = torch._foreach_add(grads, torch._foreach_mul(params, wd)) if wd else grads
-            m_new = torch._foreach_add(torch._foreach_mul(bufs, mom), d)
-            step = torch._foreach_add(d, torch._foreach_mul(m_new, mom)) if config.nesterov else m_new
-            step = [lr_t.view((B,) + (1,) * (p.dim() - 1)) * st for p, st in zip(params, step)]
-            if act_np.all():  # every model steps (the common case): no select needed
+            if act_np.all():
+                if wd:
+                    d = torch._foreach_mul(params, wd)
+                    torch._foreach_add_(d, grads)  # wd * p + g
+                else:
+                    d = grads
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, d)  # the new momentum, mom * m + d
+                if config.nesterov:
+                    step = torch._foreach_mul(bufs, mom)
+                    torch._foreach_add_(step, d)  # mom * m_new + d
+                else:
+                    step = bufs
+                if (lr_np == lr_np[0]).all():
+                    step = torch._foreach_mul(step, float(lr_np[0]))
+                else:
+                    step = [lr_t.view((B,) + (1,) * (p.dim() - 1)) * st for p, st in zip(params, step)]
                 torch._foreach_sub_(params, step)
-                torch._foreach_copy_(bufs, m_new)
             else:
+                d = torch._foreach_add(grads, torch._foreach_mul(params, wd)) if wd else grads
+                m_new = torch._foreach_add(torch._foreach_mul(bufs, mom), d)
+                step = torch._foreach_add(d, torch._foreach_mul(m_new, mom)) if config.nesterov else m_new
                 for p, m, mn, st in zip(params, bufs, m_new, step):
                     a = active.view((B,) + (1,) * (p.dim() - 1))
-                    p.copy_(torch.where(a, p - st, p))
+                    p.copy_(torch.where(a, p - lr_t.view((B,) + (1,) * (p.dim() - 1)) * st, p))
                     m.copy_(torch.where(a, mn, m))
             for name, rm_new, rv_new in ctx.bn_updates:
                 a = active.view(B, 1)
@@ -684,26 +729,26 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     if bar is not None and T == 0:
         bar.update(config.epochs)
 
-    return template, state, mean_b, std_b
+    return template, state, mean_b, std_b, strategy
 
 
 def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device) -> np.ndarray:
     """Logits (G, n_test, K) of a fitted group: running BN statistics, fixed chunks of the test set."""
-    template, state, mean_b, std_b = fitted
+    template, state, mean_b, std_b, strategy = fitted
+    to_layout, forward = _VECTORISED[strategy]
     B = mean_b.shape[0]
     _, C, H, W = test.shape
     K = state[[n for n, _ in template.named_parameters()][-1]].shape[1]
     cl = torch.channels_last if config.channels_last else torch.contiguous_format
     n_test = test.shape[0]
     out = torch.empty(B, n_test, K, dtype=torch.float32)
-    eb = eval_batch_size(config, dev)
+    eb = eval_batch_size(config, dev, strategy)
+    ctx = BatchedContext(B, None)  # one context for every chunk: its cache holds the rearranged weights
     with torch.no_grad():
         for s in range(0, n_test, eb):
             u8 = test[s: s + eb]
-            m = u8.shape[0]
-            x = _normalize(u8.unsqueeze(0), mean_b, std_b)  # (B, m, C, H, W)
-            x = x.transpose(0, 1).reshape(m, B * C, H, W).contiguous(memory_format=cl)
-            out[:, s: s + m] = batched_forward(template, state, x, BatchedContext(B, None)).cpu()
+            x = to_layout(_normalize(u8.unsqueeze(0), mean_b, std_b), cl)  # from (B, m, C, H, W)
+            out[:, s: s + u8.shape[0]] = forward(template, state, x, ctx).cpu()
     return out.numpy()
 
 
