@@ -36,8 +36,10 @@ and linears (2 per MAC): evaluation = forward, training = forward + weight gradi
 gradients of every layer but the first (:func:`poisoncert.models.training_flops_per_sample`).
 
 ``--ensemble``: the whole DPA k = 1200 small_cnn ensemble on Fashion-MNIST as the workflow trains it
-(config/fashion_mnist.yaml: 10 epochs, shards of 50, 10,000 test images), from the engine's CPU
-time on ``--ensemble-models`` models (one shard) extrapolated to 1,200.
+(config/fashion_mnist.yaml: 10 epochs, shards of 50, 10,000 test images), from the CPU time on
+``--ensemble-models`` models (one shard) extrapolated to 1,200: the engine as it trains now
+(``strategy: auto``), the engine as it trained before the strategies existed (``grouped``, the
+same bits as then) and the plain loop, interleaved over ``--ensemble-repeats`` rounds.
 
 Writes ``results/benchmarks/engine/engine.json`` and ``engine.md`` (``--out``). Never asserted in
 timed tests.
@@ -319,14 +321,31 @@ def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm):
     return res
 
 
-def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200) -> dict:
+def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200, repeats: int = 1, n_test: int | None = None) -> dict:
+    """The DPA k = ``k`` small_cnn ensemble's first ``n_models`` models trained as the workflow trains
+    them (``train_shard``), by the engine now (strategy auto), the engine before (grouped) and the
+    plain loop: CPU seconds per model (min over ``repeats`` interleaved rounds), extrapolated to k."""
     sets, xte, source = dpa_sets(n_models, k)
-    cfg = TrainConfig(arch="small_cnn", epochs=epochs, cpu_threads=threads)
-    c0, w0 = time.process_time(), time.perf_counter()
-    engine.train_shard(sets, list(range(n_models)), xte, N_CLASSES, cfg, device="cpu", progress=False)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    return {"k": k, "measured_models": n_models, "epochs": epochs, "n_test": len(xte), "data": source, "cpu_s": cpu, "wall_s": wall,
-            "cpu_s_per_model": cpu / n_models, "extrapolated_cpu_min": cpu / n_models * k / 60}
+    xte = xte[:n_test]
+    seeds = list(range(n_models))
+    times: dict[str, list[float]] = {"engine": [], "engine_grouped": [], "loop": []}
+    for _ in range(repeats):
+        for name in times:
+            torch.set_num_threads(threads)
+            cfg = TrainConfig(arch="small_cnn", epochs=epochs, cpu_threads=threads,
+                              strategy="grouped" if name == "engine_grouped" else "auto")
+            c0 = time.process_time()
+            if name == "loop":
+                run_loop(sets, seeds, xte, cfg)
+            else:
+                engine.train_shard(sets, seeds, xte, N_CLASSES, cfg, device="cpu", progress=False)
+            times[name].append((time.process_time() - c0) / n_models)
+    per = {name: min(v) for name, v in times.items()}
+    return {"k": k, "measured_models": n_models, "epochs": epochs, "n_test": len(xte), "data": source, "repeats": repeats,
+            "strategy": engine.resolve_strategy(TrainConfig(arch="small_cnn"), torch.device("cpu")),
+            "cpu_s_per_model": per["engine"], "cpu_s_per_model_grouped": per["engine_grouped"], "cpu_s_per_model_loop": per["loop"],
+            "speedup_vs_grouped": per["engine_grouped"] / per["engine"], "speedup_vs_loop": per["loop"] / per["engine"],
+            "extrapolated_cpu_min": per["engine"] * k / 60, "all": times}
 
 
 def fmt_table(results, peak) -> list[str]:
@@ -356,6 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble", action="store_true", help="also the DPA k=1200 small_cnn ensemble (one shard, extrapolated)")
     ap.add_argument("--ensemble-models", type=int, default=50)
     ap.add_argument("--ensemble-epochs", type=int, default=10)
+    ap.add_argument("--ensemble-repeats", type=int, default=2)
     ap.add_argument("--out", default="results/benchmarks/engine")
     ap.add_argument("--label", default="", help="a name for this run in the output files (e.g. before)")
     args = ap.parse_args(argv)
@@ -388,15 +408,20 @@ def main(argv=None) -> int:
         md += ["", "| ceiling | forward GFLOP/s | forward + backward GFLOP/s |", "|---|---|---|"]
         md += [f"| {k} one model, dense | {v['forward_gflops']:.1f} | {v['train_gflops']:.1f} |" for k, v in ceilings.items()]
         if ens:
-            md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests): {ens['cpu_s_per_model']:.3f} CPU s per model "
-                   f"({ens['measured_models']} models measured), {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
+            md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests; {ens['measured_models']} models measured, "
+                   f"min of {ens['repeats']} interleaved rounds), CPU s per model: engine ({ens['strategy']}) {ens['cpu_s_per_model']:.3f}, "
+                   f"engine before (grouped) {ens['cpu_s_per_model_grouped']:.3f} ({ens['speedup_vs_grouped']:.2f}x), "
+                   f"plain loop {ens['cpu_s_per_model_loop']:.3f} ({ens['speedup_vs_loop']:.2f}x); "
+                   f"{ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
         (out / f"{stem}.md").write_text("\n".join(md) + "\n")
 
     if args.ensemble:
-        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads)
-        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}): "
-              f"{ens['cpu_s_per_model']:.3f} CPU s per model over {ens['measured_models']} models -> {ens['extrapolated_cpu_min']:.1f} CPU min",
-              flush=True)
+        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads,
+                           repeats=1 if args.quick else args.ensemble_repeats, n_test=500 if args.quick else None)
+        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}), CPU s per model over "
+              f"{ens['measured_models']} models: engine ({ens['strategy']}) {ens['cpu_s_per_model']:.3f}, engine before (grouped) "
+              f"{ens['cpu_s_per_model_grouped']:.3f} ({ens['speedup_vs_grouped']:.2f}x), plain loop {ens['cpu_s_per_model_loop']:.3f} "
+              f"({ens['speedup_vs_loop']:.2f}x) -> {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200", flush=True)
         write()
     for w in wls:
         key = f"{w.arch}@{'x'.join(map(str, w.shape))}"

@@ -19,8 +19,12 @@ def bench(repo_root):
 
 
 def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
-    assert bench.main(["--quick", "--repeats", "1", "--archs", "small_cnn,nin", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--quick", "--repeats", "1", "--archs", "small_cnn,nin", "--ensemble", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "engine_quick.json").read_text())
+    ens = res["ensemble"]  # the engine now, the engine before (grouped) and the plain loop, on the same models
+    assert ens["measured_models"] == 4 and ens["strategy"] == "stacked" and min(ens["cpu_s_per_model"], ens["cpu_s_per_model_grouped"],
+                                                                                 ens["cpu_s_per_model_loop"]) > 0
+    assert ens["speedup_vs_grouped"] == ens["cpu_s_per_model_grouped"] / ens["cpu_s_per_model"]
     assert res["env"]["threads"] == 1 and res["env"]["matmul_gflops"] > 0
     assert {r["arch"] for r in res["results"]} == {"small_cnn", "nin"}
     for r in res["results"]:
