@@ -288,8 +288,9 @@ def stats(xs):
     return {"min": min(xs), "median": statistics.median(xs)}
 
 
-def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm):
-    cfg = TrainConfig(arch=w.arch, epochs=w.epochs, batch_size=w.batch_size, cpu_threads=threads, group_size=w.group_size)
+def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm, strategy: str = "auto"):
+    cfg = TrainConfig(arch=w.arch, epochs=w.epochs, batch_size=w.batch_size, cpu_threads=threads, group_size=w.group_size,
+                      strategy=strategy)
     if w.data == "fmnist":
         sets, xte = [s for s in fm[0][: w.n_models]], fm[1][: w.n_test]
     else:
@@ -372,6 +373,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--archs", default="", help="only these archs (comma-separated)")
     ap.add_argument("--methods", default="engine,loop,func")
+    ap.add_argument("--strategy", default="auto", choices=("auto",) + engine.STRATEGIES,
+                    help="the engine's execution strategy (default auto: the measured choice per arch, STRATEGY_TABLE)")
     ap.add_argument("--ensemble", action="store_true", help="also the DPA k=1200 small_cnn ensemble (one shard, extrapolated)")
     ap.add_argument("--ensemble-models", type=int, default=50)
     ap.add_argument("--ensemble-epochs", type=int, default=10)
@@ -429,7 +432,7 @@ def main(argv=None) -> int:
             f_rate, t_rate = dense_gflops(w.arch, w.shape, batch=16 if args.quick else 128, reps=1 if args.quick else 3)
             ceilings[key] = {"forward_gflops": f_rate, "train_gflops": t_rate}
             print(f"ceiling {key}: one model at batch {16 if args.quick else 128}: forward {f_rate:.1f}, forward+backward {t_rate:.1f} GFLOP/s", flush=True)
-        r = measure(w, repeats, args.threads, methods, fm)
+        r = measure(w, repeats, args.threads, methods, fm, args.strategy)
         results.append(r)
         print("\n".join(fmt_table([r], peak)[2:]), flush=True)
         write()

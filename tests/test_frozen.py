@@ -177,11 +177,14 @@ def test_shards_from_before_the_augment_option_aggregate_with_new_ones():
     from poisoncert.stages.aggregate import LATER_TRAIN_DEFAULTS, _identity
     from poisoncert.train import TrainConfig, resolve_strategy
 
-    # the train stage records strategy resolved (small_cnn on a CPU: grouped, what every old shard ran)
-    default = dataclasses.replace(TrainConfig(), strategy=resolve_strategy(TrainConfig(), "cpu"))
-    assert all(getattr(default, k) == v for k, v in LATER_TRAIN_DEFAULTS.items())
-    new = {"runtime": {"torch": "x"}, "train": json.loads(json.dumps(dataclasses.asdict(default))), "learner": "supervised"}
+    # every old shard ran what the strategy "grouped" runs now; the train stage records the resolved strategy
+    grouped = dataclasses.replace(TrainConfig(), strategy="grouped")
+    assert all(getattr(grouped, k) == v for k, v in LATER_TRAIN_DEFAULTS.items())
+    new = {"runtime": {"torch": "x"}, "train": json.loads(json.dumps(dataclasses.asdict(grouped))), "learner": "supervised"}
     old = {**new, "train": {k: v for k, v in new["train"].items() if k not in LATER_TRAIN_DEFAULTS}}
     assert _identity(old) == _identity(new)
     assert _identity(old) != _identity({**new, "train": {**new["train"], "augment": "trivial_augment"}})
     assert _identity(old) != _identity({**new, "train": {**new["train"], "strategy": "dense"}})
+    # small_cnn on a CPU now resolves to "stacked" (other bits): an old shard never joins a new one
+    assert resolve_strategy(TrainConfig(), "cpu") == "stacked"
+    assert _identity(old) != _identity({**new, "train": {**new["train"], "strategy": resolve_strategy(TrainConfig(), "cpu")}})

@@ -704,7 +704,9 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
                     torch._foreach_add_(step, d)  # mom * m_new + d
                 else:
                     step = bufs
-                if (lr_np == lr_np[0]).all():
+                if (lr_np == lr_np[0]).all() and config.nesterov:  # step is a fresh tensor: scale it in place
+                    torch._foreach_mul_(step, float(lr_np[0]))
+                elif (lr_np == lr_np[0]).all():
                     step = torch._foreach_mul(step, float(lr_np[0]))
                 else:
                     step = [lr_t.view((B,) + (1,) * (p.dim() - 1)) * st for p, st in zip(params, step)]
