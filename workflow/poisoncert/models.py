@@ -7,11 +7,15 @@ of such a module at once from *stacked* state (every parameter and buffer with a
 axis of size B) — the training engine in :mod:`poisoncert.train` uses it; the reference path
 (:func:`poisoncert.train.train_one`) calls the module itself.
 
-Batched layouts (B models, n samples per model):
+Two batched layouts (B models, n samples per model), one interpreter (:func:`_run`):
 
-* image layout ``"img"``: ``(n, B*C, H, W)`` — model b owns channels ``b*C:(b+1)*C``, so a
-  convolution is one grouped convolution with ``groups=B`` (per-model weights, no mixing);
-* feature layout ``"feat"``: ``(B, n, F)`` — a linear layer is one ``baddbmm``.
+* grouped (:func:`batched_forward`): images ``(n, B*C, H, W)`` — model b owns channels
+  ``b*C:(b+1)*C``, so a convolution is one grouped convolution with ``groups=B`` (per-model
+  weights, no mixing);
+* stacked (:func:`stacked_forward`): images ``(B, n, H, W, C)`` — model-major, channels last, so
+  a convolution is one ``bmm`` of each model's im2col patches with its own weight matrix, pooling
+  runs torch's channels-last kernels on ``(B*n, C, H, W)``, and no layer copies between layouts;
+* features in both: ``(B, n, F)`` — a linear layer is one ``baddbmm``.
 
 Batch normalisation is *masked*: its batch statistics are taken per model over that model's real
 (unpadded) rows only, and its running statistics are per model and updated only for models that
