@@ -358,7 +358,7 @@ def resolve_strategy(config: TrainConfig, device: str | torch.device | None = No
     measured choice of :data:`STRATEGY_TABLE` for (arch, device type).
 
     >>> resolve_strategy(TrainConfig(arch="nin"), "cpu"), resolve_strategy(TrainConfig(arch="small_cnn"), "cpu")
-    ('dense', 'grouped')
+    ('dense', 'stacked')
     """
     if config.strategy != "auto":
         return config.strategy
