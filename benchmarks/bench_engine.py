@@ -38,8 +38,10 @@ gradients of every layer but the first (:func:`poisoncert.models.training_flops_
 ``--ensemble``: the whole DPA k = 1200 small_cnn ensemble on Fashion-MNIST as the workflow trains it
 (config/fashion_mnist.yaml: 10 epochs, shards of 50, 10,000 test images), from the CPU time on
 ``--ensemble-models`` models (one shard) extrapolated to 1,200: the engine as it trains now
-(``strategy: auto``), the engine as it trained before the strategies existed (``grouped``, the
-same bits as then) and the plain loop, interleaved over ``--ensemble-repeats`` rounds.
+(``strategy: auto``), this engine's ``grouped`` strategy (the bits the engine had before the
+strategies existed, with this revision's bit-identical speed-ups), the engine as it was when the
+engine issue was filed (``--filed-at``, default commit 7c45021, imported from ``git archive`` into
+this process) and the plain loop, interleaved over ``--ensemble-repeats`` rounds.
 
 Writes ``results/benchmarks/engine/engine.json`` and ``engine.md`` (``--out``). Never asserted in
 timed tests.
@@ -116,11 +118,12 @@ def run_engine(sets, seeds, test, cfg: TrainConfig):
         for g0 in range(0, len(sets), G):
             gs = sets[g0: g0 + G]
             gd = list(seeds[g0: g0 + G])
+            n_real = len(gs)
             gs, gd = gs + [blank] * (G - len(gs)), gd + [0] * (G - len(gd))
             c0, w0 = time.process_time(), time.perf_counter()
             fitted = engine._fit(gs, gd, shape, N_CLASSES, cfg, dev, strategy)
             c1, w1 = time.process_time(), time.perf_counter()
-            engine._evaluate(fitted, test_t, cfg, dev, strategy)
+            engine._evaluate(fitted, test_t, cfg, dev, strategy, n_real)
             c2, w2 = time.process_time(), time.perf_counter()
             tr = (tr[0] + c1 - c0, tr[1] + w1 - w0)
             ev = (ev[0] + c2 - c1, ev[1] + w2 - w1)
@@ -322,14 +325,52 @@ def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm, str
     return res
 
 
-def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200, repeats: int = 1, n_test: int | None = None) -> dict:
+#: The commit the engine issue (#25: "the engine must beat the plain loop") was filed against: the
+#: engine of "today" in its "2x faster than today" target.
+FILED_AT = "7c45021"
+
+
+def engine_at(rev: str, where: Path):
+    """``poisoncert.train`` as it was at commit ``rev``, imported from ``git archive`` under the name
+    ``poisoncert_<rev>`` (the package imports itself relatively), so that the engine then and the
+    engine now run side by side in this process. None (and why) outside a git clone with that commit."""
+    import importlib
+    import subprocess
+    import tarfile
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    name = f"poisoncert_{rev}"
+    dest = where / name
+    if not dest.is_dir():
+        try:
+            blob = subprocess.run(["git", "-C", str(repo), "archive", rev, "workflow/poisoncert"], capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return None, f"git archive {rev} failed ({str(getattr(exc, 'stderr', b'') or exc).strip()[:80]})"
+        with tempfile.TemporaryDirectory(dir=where) as tmp:
+            tar = Path(tmp) / "src.tar"
+            tar.write_bytes(blob)
+            with tarfile.open(tar) as tf:
+                tf.extractall(tmp, filter="data")
+            (Path(tmp) / "workflow" / "poisoncert").rename(dest)
+    if str(where) not in sys.path:
+        sys.path.insert(0, str(where))
+    return importlib.import_module(f"{name}.train"), None
+
+
+def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200, repeats: int = 1, n_test: int | None = None,
+                 filed=None) -> dict:
     """The DPA k = ``k`` small_cnn ensemble's first ``n_models`` models trained as the workflow trains
-    them (``train_shard``), by the engine now (strategy auto), the engine before (grouped) and the
-    plain loop: CPU seconds per model (min over ``repeats`` interleaved rounds), extrapolated to k."""
+    them (``train_shard``), by the engine now (strategy auto), this engine's ``grouped`` strategy (the
+    bits the engine had before the strategies existed), the engine when the issue was filed
+    (``filed``: its ``train`` module, :func:`engine_at`; skipped if None) and the plain loop: CPU
+    seconds per model (min over ``repeats`` interleaved rounds), extrapolated to k."""
     sets, xte, source = dpa_sets(n_models, k)
     xte = xte[:n_test]
     seeds = list(range(n_models))
-    times: dict[str, list[float]] = {"engine": [], "engine_grouped": [], "loop": []}
+    times: dict[str, list[float]] = {"engine": [], "engine_grouped": [], "engine_filed": [], "loop": []}
+    if filed is None:
+        del times["engine_filed"]
     for _ in range(repeats):
         for name in times:
             torch.set_num_threads(threads)
@@ -338,6 +379,9 @@ def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200, repeat
             c0 = time.process_time()
             if name == "loop":
                 run_loop(sets, seeds, xte, cfg)
+            elif name == "engine_filed":
+                filed.train_shard(sets, seeds, xte, N_CLASSES, filed.TrainConfig(arch="small_cnn", epochs=epochs, cpu_threads=threads),
+                                  device="cpu", progress=False)
             else:
                 engine.train_shard(sets, seeds, xte, N_CLASSES, cfg, device="cpu", progress=False)
             times[name].append((time.process_time() - c0) / n_models)
@@ -345,8 +389,21 @@ def run_ensemble(n_models: int, epochs: int, threads: int, k: int = 1200, repeat
     return {"k": k, "measured_models": n_models, "epochs": epochs, "n_test": len(xte), "data": source, "repeats": repeats,
             "strategy": engine.resolve_strategy(TrainConfig(arch="small_cnn"), torch.device("cpu")),
             "cpu_s_per_model": per["engine"], "cpu_s_per_model_grouped": per["engine_grouped"], "cpu_s_per_model_loop": per["loop"],
+            "cpu_s_per_model_filed": per.get("engine_filed"), "filed_at": FILED_AT if filed is not None else None,
             "speedup_vs_grouped": per["engine_grouped"] / per["engine"], "speedup_vs_loop": per["loop"] / per["engine"],
+            "speedup_vs_filed": per["engine_filed"] / per["engine"] if "engine_filed" in per else None,
             "extrapolated_cpu_min": per["engine"] * k / 60, "all": times}
+
+
+def ensemble_line(ens: dict) -> str:
+    """The ensemble's result in one sentence (printed and written)."""
+    filed = (f"the engine when the issue was filed (commit {ens['filed_at']}) {ens['cpu_s_per_model_filed']:.3f} "
+             f"({ens['speedup_vs_filed']:.2f}x), " if ens.get("filed_at") else "")
+    return (f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}; "
+            f"{ens['measured_models']} models measured, min of {ens['repeats']} interleaved rounds), CPU s per model: "
+            f"engine ({ens['strategy']}) {ens['cpu_s_per_model']:.3f}, {filed}this engine's grouped strategy "
+            f"{ens['cpu_s_per_model_grouped']:.3f} ({ens['speedup_vs_grouped']:.2f}x), plain loop {ens['cpu_s_per_model_loop']:.3f} "
+            f"({ens['speedup_vs_loop']:.2f}x); {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200")
 
 
 def fmt_table(results, peak) -> list[str]:
@@ -379,6 +436,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble-models", type=int, default=50)
     ap.add_argument("--ensemble-epochs", type=int, default=10)
     ap.add_argument("--ensemble-repeats", type=int, default=2)
+    ap.add_argument("--filed-at", default=FILED_AT,
+                    help=f"the commit whose engine the ensemble is also compared with (default {FILED_AT}, when the engine issue "
+                         "was filed; '' skips it; needs a git clone)")
     ap.add_argument("--out", default="results/benchmarks/engine")
     ap.add_argument("--label", default="", help="a name for this run in the output files (e.g. before)")
     args = ap.parse_args(argv)
@@ -411,20 +471,19 @@ def main(argv=None) -> int:
         md += ["", "| ceiling | forward GFLOP/s | forward + backward GFLOP/s |", "|---|---|---|"]
         md += [f"| {k} one model, dense | {v['forward_gflops']:.1f} | {v['train_gflops']:.1f} |" for k, v in ceilings.items()]
         if ens:
-            md += ["", f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests; {ens['measured_models']} models measured, "
-                   f"min of {ens['repeats']} interleaved rounds), CPU s per model: engine ({ens['strategy']}) {ens['cpu_s_per_model']:.3f}, "
-                   f"engine before (grouped) {ens['cpu_s_per_model_grouped']:.3f} ({ens['speedup_vs_grouped']:.2f}x), "
-                   f"plain loop {ens['cpu_s_per_model_loop']:.3f} ({ens['speedup_vs_loop']:.2f}x); "
-                   f"{ens['extrapolated_cpu_min']:.1f} CPU min for 1,200."]
+            md += ["", ensemble_line(ens) + "."]
         (out / f"{stem}.md").write_text("\n".join(md) + "\n")
 
     if args.ensemble:
-        ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads,
-                           repeats=1 if args.quick else args.ensemble_repeats, n_test=500 if args.quick else None)
-        print(f"DPA k=1200 small_cnn ensemble ({ens['epochs']} epochs + {ens['n_test']} tests, {ens['data']}), CPU s per model over "
-              f"{ens['measured_models']} models: engine ({ens['strategy']}) {ens['cpu_s_per_model']:.3f}, engine before (grouped) "
-              f"{ens['cpu_s_per_model_grouped']:.3f} ({ens['speedup_vs_grouped']:.2f}x), plain loop {ens['cpu_s_per_model_loop']:.3f} "
-              f"({ens['speedup_vs_loop']:.2f}x) -> {ens['extrapolated_cpu_min']:.1f} CPU min for 1,200", flush=True)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
+            filed, why = engine_at(args.filed_at, Path(tmp)) if args.filed_at else (None, "--filed-at ''")
+            if filed is None:
+                print(f"the engine at {args.filed_at or '-'} is not measured: {why}", flush=True)
+            ens = run_ensemble(4 if args.quick else args.ensemble_models, 1 if args.quick else args.ensemble_epochs, args.threads,
+                               repeats=1 if args.quick else args.ensemble_repeats, n_test=500 if args.quick else None, filed=filed)
+        print(ensemble_line(ens), flush=True)
         write()
     for w in wls:
         key = f"{w.arch}@{'x'.join(map(str, w.shape))}"

@@ -25,6 +25,8 @@ def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
     assert ens["measured_models"] == 4 and ens["strategy"] == "stacked" and min(ens["cpu_s_per_model"], ens["cpu_s_per_model_grouped"],
                                                                                  ens["cpu_s_per_model_loop"]) > 0
     assert ens["speedup_vs_grouped"] == ens["cpu_s_per_model_grouped"] / ens["cpu_s_per_model"]
+    if ens["filed_at"] is not None:  # a clone with history: the engine when the issue was filed ran in the same process
+        assert ens["filed_at"] == bench.FILED_AT and ens["speedup_vs_filed"] == ens["cpu_s_per_model_filed"] / ens["cpu_s_per_model"]
     assert res["env"]["threads"] == 1 and res["env"]["matmul_gflops"] > 0
     assert {r["arch"] for r in res["results"]} == {"small_cnn", "nin"}
     for r in res["results"]:
@@ -34,3 +36,8 @@ def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
             assert 0 < t["train_cpu"]["min"] <= t["train_cpu"]["median"] and t["eval_cpu"]["min"] > 0
     md = (tmp_path / "engine_quick.md").read_text()
     assert "| small_cnn | 28x28x1 |" in md and "speed-up" in md
+
+
+def test_the_engine_at_a_commit_that_is_not_there_is_a_reason_not_a_crash(bench, tmp_path):
+    mod, why = bench.engine_at("0" * 40, tmp_path)
+    assert mod is None and why.startswith("git archive " + "0" * 40 + " failed")

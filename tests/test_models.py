@@ -88,6 +88,56 @@ def test_stacked_forward_equals_each_models_own_forward(arch):
             torch.testing.assert_close(grads[k][b], v.grad, rtol=1e-9, atol=1e-9, msg=f"{arch} {k}")
 
 
+@pytest.mark.parametrize("arch,shape", [("small_cnn", (1, 8, 8)), ("small_cnn", (3, 10, 10)), ("lenet", (1, 28, 28))])
+def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape, monkeypatch):
+    """The stacked layout runs its first convolution with the max-pool and ReLU after it one model at a
+    time (training: :class:`poisoncert.models._ConvPool`; evaluation: ``_stacked_conv_eval``, which also
+    lets a group's padding dummies go unevaluated). Both must give the bits of the whole-group
+    ``bmm`` + ``max_pool2d`` + ``relu`` (the path taken when the input needs a gradient), the
+    gradients included, also on ties: integer-valued images make equal maxima and zeros."""
+    c, h, w = shape
+    B, n = 3, 5
+    torch.manual_seed(0)
+    models = [build_model(arch, c, h, w, 4) for _ in range(B)]
+    state = {k: torch.stack([m.state_dict()[k] for m in models]) for k in models[0].state_dict()}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (B, n, h, w, c), generator=g).float()
+    x[:, 0] = 0.0  # a blank image: every window of it ties
+
+    def run(x, training, grad=True, state=state, B=B):
+        params = {k: v.clone().requires_grad_(v.is_floating_point() and "running" not in k) for k, v in state.items()}
+        ctx = BatchedContext(B, torch.ones(n, B) if training else None)
+        with torch.set_grad_enabled(grad):
+            out = stacked_forward(models[0], params, x, ctx)
+        if not grad:
+            return out, []
+        keys = [k for k, v in params.items() if v.requires_grad]
+        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        return out, torch.autograd.grad(out, [params[k] for k in keys], up) if training else []
+
+    from poisoncert import models as M
+
+    used = []
+    for name in ("_stacked_conv_eval",):
+        real = getattr(M, name)
+        monkeypatch.setattr(M, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+    real_apply = M._ConvPool.apply
+    monkeypatch.setattr(M._ConvPool, "apply", lambda *a: used.append("_ConvPool") or real_apply(*a))
+    for training in (True, False):
+        fast, fast_grads = run(x, training)
+        ref, ref_grads = run(x.clone().requires_grad_(), training)  # the whole-group kernels
+        assert torch.equal(fast, ref), (arch, training)
+        for a, b in zip(fast_grads, ref_grads, strict=True):
+            assert torch.equal(a, b), (arch, training)
+    no_grad, _ = run(x, False, grad=False)
+    assert torch.equal(no_grad, ref)
+    first, _ = run(x[:2].contiguous(), False, grad=False, state={k: v[:2] for k, v in state.items()}, B=2)
+    assert torch.equal(first, ref[:2])  # the others dropped (train._evaluate_group keeps at least two)
+    k = 3 if arch == "small_cnn" else 5
+    if M.mm_matches_bmm(n * h * w, k * k * c + 1, models[0][0].out_channels, c == 1):  # this machine: the fast path ran
+        assert "_ConvPool" in used and "_stacked_conv_eval" in used, used
+
+
 def test_relu_before_max_pool_runs_after_it_bit_for_bit():
     """The batched interpreters run a ReLU that precedes a MaxPool2d after it: the same values and
     the same gradients, bit for bit, also on ties (zeros, equal maxima)."""

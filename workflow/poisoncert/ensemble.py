@@ -569,7 +569,7 @@ class _EngineShard:
         with engine.deterministic_mode(self.config):
             test = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
             for gi, items in need.items():
-                lg = engine._evaluate(self.groups[gi], test, self.config, dev, self.strategy)
+                lg = engine._evaluate(self.groups[gi], test, self.config, dev, self.strategy, max(s for _, s in items) + 1)
                 for i, slot in items:
                     out[i] = lg[slot]
         return out

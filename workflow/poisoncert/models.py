@@ -27,6 +27,7 @@ run with ``torch.use_deterministic_algorithms(True)`` on GPU too.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -308,7 +309,8 @@ class _GroupedLayout:
     folds_pools = False
 
     @staticmethod
-    def conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: BatchedContext, pool_k: int = 0) -> torch.Tensor:
+    def conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: BatchedContext, pool_k: int = 0,
+             relu: bool = False) -> torch.Tensor:  # pool_k, relu: never set (folds_pools is False)
         w = state[p + "weight"]
         w = w.reshape(ctx.B * w.shape[1], *w.shape[2:])
         b = state[p + "bias"].reshape(-1) if m.bias is not None else None
@@ -364,7 +366,8 @@ def _pool_window(pool: nn.Module | None) -> int:
     return k[0] if ok else 0
 
 
-def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedContext", pool_k: int = 0) -> torch.Tensor:
+def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedContext", pool_k: int = 0,
+                  relu: bool = False) -> torch.Tensor:
     """Conv2d of B models on (B, n, H, W, C) as one ``bmm``: im2col patches (B, rows, kh*kw*C (+1))
     times each model's weight as a (kh*kw*C (+1), Cout) matrix, the bias as the weight of a column of
     ones (no separate pass over the output). Patches are gathered by slices of the zero-padded input:
@@ -374,13 +377,14 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
     ``pool_k`` > 0 (evaluation only): the k x k max-pool that follows, folded in. The rows are the
     conv outputs ordered by their offset inside the pooling window, so the pool is a max over a leading
     axis (the same values as max-pooling the full output, each an exact max); returns the pooled
-    (B, n, Ho // k, Wo // k, Cout)."""
+    (B, n, Ho // k, Wo // k, Cout), rectified if ``relu`` (the ReLU that follows the pool)."""
     if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise PoisonCertError(f"{p[:-1]}: only plain zero-padded, ungrouped Conv2d is supported")
     B, n, H, W, C = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
     Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    q = max(pool_k, 1)  # output positions per window side
+    train_pool = pool_k if ctx.training else 0  # training: rows in (n, Ho, Wo) order, pooled per model (_ConvPool)
+    q = 1 if train_pool else max(pool_k, 1)  # output positions per window side
     Ho, Wo = Ho // q, Wo // q
     K, M, bias = kh * kw * C, q * q * n * Ho * Wo, m.bias is not None
     xp = F.pad(x, (0, 0, pw, pw, ph, ph)) if (ph or pw) else x
@@ -390,22 +394,38 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
         return [xp[:, :, r0 + i * dh: r0 + i * dh + (Ho - 1) * rs + 1: rs, c0 + j * dw: c0 + j * dw + (Wo - 1) * cs + 1: cs]
                 for i in range(kh) for j in range(kw)]
 
-    if not x.requires_grad:  # one strided view of every patch, copied once (no autograd through as_strided)
+    def weight():
+        w = state[p + "weight"]  # (B, Cout, C, kh, kw) -> (B, kh*kw*C (+1), Cout)
+        w = w.permute(0, 3, 4, 2, 1).reshape(B, K, w.shape[1])
+        return torch.cat([w, state[p + "bias"].unsqueeze(1)], dim=1) if bias else w
+
+    if not x.requires_grad:  # one strided view of every patch (no autograd through as_strided)
         sB, sN, sH, sW, sC = xp.stride()
         win, grid = (sh * sH, sw * sW), (q * sh * sH, q * sw * sW)
         if C == 1:
             view = xp.as_strided((B, kh, kw, q, q, n, Ho, Wo), (sB, dh * sH, dw * sW, *win, sN, *grid), xp.storage_offset())
-            buf = xp.new_empty(B, K + bias, M)
-            buf[:, :K].view(B, kh, kw, q, q, n, Ho, Wo).copy_(view)
-            if bias:
-                buf[:, K].fill_(1.0)
-            patches = buf.transpose(1, 2)  # (B, M, K (+1)), column-major
         else:
             view = xp.as_strided((B, q, q, n, Ho, Wo, kh, kw, C), (sB, *win, sN, *grid, dh * sH, dw * sW, sC), xp.storage_offset())
-            patches = xp.new_empty(B, M, K + bias)
-            patches[..., :K].unflatten(1, (q, q, n, Ho, Wo)).unflatten(-1, (kh, kw, C)).copy_(view)
-            if bias:
-                patches[..., K].fill_(1.0)
+
+        def fill(buf: torch.Tensor, b: slice | int, ones: bool = True) -> torch.Tensor:
+            """Model(s) b's patches into ``buf`` ((..., K (+1), M) if C == 1, else (..., M, K (+1)));
+            returns them as (..., M, K (+1)) (column-major if C == 1)."""
+            if C == 1:
+                buf[..., :K, :].view(view[b].shape).copy_(view[b])
+                if bias and ones:
+                    buf[..., K, :].fill_(1.0)
+                return buf.transpose(-1, -2)
+            buf[..., :K].view(view[b].shape).copy_(view[b])
+            if bias and ones:
+                buf[..., K].fill_(1.0)
+            return buf
+
+        per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, x.dtype)
+        if per_model and not ctx.training and not torch.is_grad_enabled():
+            return _stacked_conv_eval(ctx, p, _stacked_weight(ctx, p + "weight", weight), fill, (n, Ho, Wo), M, K + bias, C == 1, q, relu)
+        patches = fill(xp.new_empty((B, K + bias, M) if C == 1 else (B, M, K + bias)), slice(None))
+        if train_pool and per_model:
+            return _ConvPool.apply(patches, _stacked_weight(ctx, p + "weight", weight), (n, Ho, Wo), train_pool, relu)
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
         if C == 1:
@@ -417,15 +437,114 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
             blocks = [torch.cat(taps(a, b) + ones, dim=-1) for a, b in offsets]
             patches = (blocks[0] if q == 1 else torch.stack(blocks, dim=1)).reshape(B, M, K + bias)
 
-    def weight():
-        w = state[p + "weight"]  # (B, Cout, C, kh, kw) -> (B, kh*kw*C (+1), Cout)
-        w = w.permute(0, 3, 4, 2, 1).reshape(B, K, w.shape[1])
-        return torch.cat([w, state[p + "bias"].unsqueeze(1)], dim=1) if bias else w
-
     out = torch.bmm(patches, _stacked_weight(ctx, p + "weight", weight))
-    if pool_k:
-        return out.view(B, q * q, n, Ho, Wo, -1).amax(dim=1)
-    return out.view(B, n, Ho, Wo, -1)
+    if train_pool:  # training, whole group: torch's pooling kernel on the full-resolution output
+        out = _stacked_pool(lambda t: F.max_pool2d(t, train_pool, train_pool), out.view(B, n, Ho, Wo, -1))
+    elif pool_k:
+        out = out.view(B, q * q, n, Ho, Wo, -1).amax(dim=1)
+    else:
+        return out.view(B, n, Ho, Wo, -1)
+    return F.relu(out) if relu else out
+
+
+@functools.lru_cache(maxsize=None)
+def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this machine's ``torch.mm`` of an (M, K) by a (K, N) matrix gives the bits of the same
+    product inside a ``bmm`` over a group (column-major left operands if ``col_major``, as the stacked
+    convolution's patches with one input channel). The per-model kernels of the stacked layout
+    (:class:`_ConvPool`, :func:`_stacked_conv_eval`) run only where it does, so they never change a
+    model's logits: BLAS libraries choose their blocking from the shapes (and the CPU), and a long
+    reduction (K in the thousands) is blocked differently by ``mm`` and ``bmm`` on this machine.
+    Decided once per process and shape, on random operands (a differing accumulation order shows on
+    almost every one of the M x N outputs).
+
+    >>> mm_matches_bmm(64, 10, 32, True)  # a short reduction: one block, the same bits
+    True
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, K, M, generator=g, dtype=dtype).transpose(1, 2) if col_major else torch.randn(2, M, K, generator=g, dtype=dtype)
+    w = torch.randn(2, K, N, generator=g, dtype=dtype)
+    ref = torch.bmm(a, w)
+    return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(2))
+
+
+class _ConvPool(torch.autograd.Function):
+    """Training, stacked layout: a convolution whose input needs no gradient (the first layer), the
+    k x k max-pool that tiles its output and (``relu``) the ReLU after it, one model at a time.
+    ``patches``: (B, M, K (+1)), the rows in (n, Ho, Wo) order; ``w``: (B, K (+1), Cout). Forward:
+    model b's product into a scratch buffer reused across models, max-pooled (torch's channels-last
+    kernel, with indices) and rectified into the output. Backward: model b's gradient masked by its
+    ReLU, scattered back through its pooling indices into one full-resolution buffer and multiplied
+    by its patches into the weight gradient (one ``bmm`` over the group: a reduction over every row,
+    whose blocking a per-model product may not share). The same kernels on the same operands as the
+    ``bmm``, ``max_pool2d``, ``relu`` and their backward over the whole group, bit for bit,
+    but each model's full-resolution output and gradient stay in the core's cache instead of
+    streaming the whole group's (the zero fill of the pooling gradient included) through memory."""
+
+    @staticmethod
+    def forward(ctx, patches: torch.Tensor, w: torch.Tensor, grid: tuple, k: int, relu: bool) -> torch.Tensor:
+        B, M, _ = patches.shape
+        n, Ho, Wo = grid
+        Cout = w.shape[-1]
+        conv = w.new_empty(M, Cout)
+        img = conv.view(n, Ho, Wo, Cout).permute(0, 3, 1, 2)  # (n, Cout, Ho, Wo), channels last
+        out = w.new_empty(B, n, Ho // k, Wo // k, Cout)
+        indices = []
+        for b in range(B):
+            torch.mm(patches[b], w[b], out=conv)
+            y, i = F.max_pool2d(img, k, k, return_indices=True)
+            if relu:
+                torch.clamp_min(y.permute(0, 2, 3, 1), 0.0, out=out[b])
+            else:
+                out[b].copy_(y.permute(0, 2, 3, 1))
+            indices.append(i)
+        ctx.save_for_backward(patches, out, *indices)
+        ctx.k, ctx.relu, ctx.img = k, relu, img  # img: the input's shape and strides for the pooling backward (never read)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        patches, out, *indices = ctx.saved_tensors
+        k, img = ctx.k, ctx.img
+        B, M, Kb = patches.shape
+        g = g.contiguous()
+        n, Cout, Ho, Wo = img.shape
+        full = g.new_empty(B, n, Ho, Wo, Cout)  # the gradient of the full-resolution product
+        for b in range(B):
+            gb = torch.ops.aten.threshold_backward(g[b], out[b], 0.0) if ctx.relu else g[b]
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                gb.permute(0, 3, 1, 2), img, [k, k], [k, k], [0, 0], [1, 1], False, indices[b], grad_input=full[b].permute(0, 3, 1, 2))
+        return None, torch.bmm(patches.transpose(1, 2), full.view(B, M, Cout)), None, None, None
+
+
+def _stacked_conv_eval(ctx: "BatchedContext", p: str, w: torch.Tensor, fill, grid: tuple, M: int, Kb: int,
+                       col_major: bool, q: int, relu: bool) -> torch.Tensor:
+    """:func:`_stacked_conv` in evaluation, one model at a time: model b's patches are gathered into
+    a scratch buffer reused across models and test chunks (its column of ones written once),
+    multiplied by its (K (+1), Cout) weight into a second scratch buffer, and max-pooled
+    over the q*q window offsets straight into the output (and rectified there if ``relu``). Each model's working set stays in the
+    core's cache instead of streaming every model's full-resolution output through memory before
+    pooling; the arithmetic (each ``mm`` is one slice of the ``bmm``, the same max) is unchanged,
+    bit for bit."""
+    B, Cout = w.shape[0], w.shape[-1]
+    n, Ho, Wo = grid
+    key = f"{p}scratch{M}"
+    fresh = key not in ctx.cache
+    if fresh:  # (K (+1), M) / (M, K (+1)) patches and the (M, Cout) product
+        ctx.cache[key] = (w.new_empty((Kb, M) if col_major else (M, Kb)), w.new_empty(M, Cout) if q > 1 else None)
+    pbuf, obuf = ctx.cache[key]
+    out = w.new_empty(B, n, Ho, Wo, Cout)
+    for b in range(B):
+        patches = fill(pbuf, b, ones=fresh and b == 0)
+        ob = out[b].view(M // (q * q), Cout)
+        if q == 1:
+            torch.mm(patches, w[b], out=ob)
+        else:
+            torch.mm(patches, w[b], out=obuf)
+            torch.amax(obuf.view(q * q, M // (q * q), Cout), dim=0, out=ob)
+            if relu:
+                ob.clamp_min_(0.0)
+    return out
 
 
 def _stacked_pool(fn, x: torch.Tensor) -> torch.Tensor:
@@ -491,11 +610,12 @@ def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout, ctx: Batc
         i = 0
         while i < len(kids):
             child_name, child = kids[i]
-            fold = (L.folds_pools and not ctx.training and layout == "img" and isinstance(child, nn.Conv2d)
-                    and i + 1 < len(kids) and _pool_window(kids[i + 1][1]))
-            if fold:  # evaluation: a convolution and the max-pool that tiles it, as one product
-                x = L.conv(child, p + child_name + ".", state, x, ctx, pool_k=fold)
-                i += 2
+            fold = (L.folds_pools and (not ctx.training or not x.requires_grad) and layout == "img"
+                    and isinstance(child, nn.Conv2d) and i + 1 < len(kids) and _pool_window(kids[i + 1][1]))
+            if fold:  # a convolution, the max-pool that tiles it (and a ReLU after it), as one step
+                relu = i + 2 < len(kids) and isinstance(kids[i + 2][1], nn.ReLU)
+                x = L.conv(child, p + child_name + ".", state, x, ctx, pool_k=fold, relu=relu)
+                i += 3 if relu else 2
                 continue
             x, layout = _run(child, p + child_name, state, x, layout, ctx, L)
             i += 1

@@ -542,7 +542,7 @@ def train_shard(
                 g_sets = g_sets + [blank] * (G - n_real)
                 g_seeds = g_seeds + [0] * (G - n_real)
                 fitted = _fit(g_sets, g_seeds, shape, K, config, dev, strategy, bar)
-                out[g0: g0 + n_real] = _evaluate(fitted, test, config, dev, strategy)[:n_real]
+                out[g0: g0 + n_real] = _evaluate(fitted, test, config, dev, strategy, n_real)[:n_real]
     finally:
         if bar is not None:
             bar.close()
@@ -567,10 +567,12 @@ def _fit(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, str
     return K, fitted
 
 
-def _evaluate(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, strategy: str) -> np.ndarray:
-    """Logits (G, n_test, K) of a group fitted by :func:`_fit` (all-zero for an empty set under ``dense``)."""
+def _evaluate(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, strategy: str,
+              n_models: int | None = None) -> np.ndarray:
+    """Logits (G, n_test, K) of a group fitted by :func:`_fit` (all-zero for an empty set under ``dense``);
+    ``n_models``: only the first ones are needed (the group's padding follows), at least those are returned."""
     if strategy in _VECTORISED:
-        return _evaluate_group(fitted, test, config, dev)
+        return _evaluate_group(fitted, test, config, dev, n_models)
     K, models = fitted
     out = np.zeros((len(models), test.shape[0], K), np.float32)
     eb = eval_batch_size(config, dev, "dense")
@@ -591,13 +593,18 @@ def _stacked_input(x: torch.Tensor, cl) -> torch.Tensor:
     return x.permute(0, 1, 3, 4, 2).contiguous()
 
 
-_VECTORISED = {"grouped": (_grouped_input, batched_forward), "stacked": (_stacked_input, stacked_forward)}
-"""The vectorised strategies: (input layout, forward) of each."""
+_VECTORISED = {"grouped": (_grouped_input, batched_forward, False), "stacked": (_stacked_input, stacked_forward, True)}
+"""The vectorised strategies: (input layout, forward, per model) of each. *Per model*: in evaluation
+the first m >= 2 models of a group get the same logits, bit for bit, when the others are dropped
+(every kernel works on one model's slice: :func:`poisoncert.models._stacked_conv_eval`, batched
+products over at least two models, which this machine's BLAS runs item by item, while a batch of one
+is an ``mm`` and may be blocked differently), so a group's padding dummies are not evaluated. The grouped convolution of ``grouped`` depends on the
+number of groups, so it evaluates the whole group."""
 
 
 def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.device, bar, strategy: str = "grouped"):
     """Train one group of G models vectorised; returns what :func:`_evaluate_group` needs."""
-    to_layout, forward = _VECTORISED[strategy]
+    to_layout, forward, _ = _VECTORISED[strategy]
     B = len(sets)
     C, H, W = shape
     pad = config.crop_padding
@@ -734,10 +741,16 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     return template, state, mean_b, std_b, strategy
 
 
-def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device) -> np.ndarray:
-    """Logits (G, n_test, K) of a fitted group: running BN statistics, fixed chunks of the test set."""
+def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, n_models: int | None = None) -> np.ndarray:
+    """Logits (G, n_test, K) of a fitted group: running BN statistics, fixed chunks of the test set.
+    ``n_models``: only the first ones are needed (the rest pad the group); a per-model strategy
+    (:data:`_VECTORISED`) returns just those."""
     template, state, mean_b, std_b, strategy = fitted
-    to_layout, forward = _VECTORISED[strategy]
+    to_layout, forward, per_model = _VECTORISED[strategy]
+    if per_model and n_models is not None:  # drop the padding dummies (keep two: a bmm of one matrix runs as an mm)
+        keep = max(n_models, 2)
+        state = {k: v[:keep] for k, v in state.items()}
+        mean_b, std_b = mean_b[:keep], std_b[:keep]
     B = mean_b.shape[0]
     _, C, H, W = test.shape
     K = state[[n for n, _ in template.named_parameters()][-1]].shape[1]
