@@ -444,6 +444,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     torch.set_num_threads(args.threads)
+    engine.keep_freed_memory()  # as train_shard does: every method below runs with glibc keeping freed buffers
     methods = [m for m in args.methods.split(",") if m]
     wls = [w for w in workloads(args.quick) if not args.archs or w.arch in args.archs.split(",")]
     fm = None

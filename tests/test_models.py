@@ -138,6 +138,19 @@ def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape
         assert "_ConvPool" in used and "_stacked_conv_eval" in used, used
 
 
+def test_stacked_training_buffers_refuse_a_second_forward_before_the_backward():
+    """The stacked layout reuses its patch buffers from step to step: a backward after a second
+    forward must fail loudly (autograd's version counter), never compute a gradient from the
+    second forward's patches."""
+    torch.manual_seed(0)
+    ms = [build_model("small_cnn", 1, 8, 8, 3) for _ in range(2)]
+    state = {k: torch.stack([m.state_dict()[k] for m in ms]).requires_grad_() for k in ms[0].state_dict()}
+    first = stacked_forward(ms[0], state, torch.randn(2, 4, 8, 8, 1), BatchedContext(2, torch.ones(4, 2))).sum()
+    stacked_forward(ms[0], state, torch.randn(2, 4, 8, 8, 1), BatchedContext(2, torch.ones(4, 2)))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+
+
 def test_relu_before_max_pool_runs_after_it_bit_for_bit():
     """The batched interpreters run a ReLU that precedes a MaxPool2d after it: the same values and
     the same gradients, bit for bit, also on ties (zeros, equal maxima)."""

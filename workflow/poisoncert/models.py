@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import Callable
 
 import torch
@@ -423,8 +424,9 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
         per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, x.dtype)
         if per_model and not ctx.training and not torch.is_grad_enabled():
             return _stacked_conv_eval(ctx, p, _stacked_weight(ctx, p + "weight", weight), fill, (n, Ho, Wo), M, K + bias, C == 1, q, relu)
-        patches = fill(xp.new_empty((B, K + bias, M) if C == 1 else (B, M, K + bias)), slice(None))
-        if train_pool and per_model:
+        # the same memory every step (autograd's version counter refuses a backward after it is refilled)
+        patches = fill(_scratch("patches", (B, K + bias, M) if C == 1 else (B, M, K + bias), xp), slice(None))
+        if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, x.dtype):
             return _ConvPool.apply(patches, _stacked_weight(ctx, p + "weight", weight), (n, Ho, Wo), train_pool, relu)
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
@@ -468,17 +470,62 @@ def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype =
     return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(2))
 
 
+_THREAD = threading.local()
+
+
+def _scratch(tag: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A buffer of ``shape`` reused by every call with the same ``tag`` in this thread (never
+    returned to a caller: only a kernel's intermediate): the same memory every step, still in the
+    cache, where a fresh allocation lands wherever the allocator finds room and its first writes miss."""
+    cache = getattr(_THREAD, "scratch", None)
+    if cache is None:
+        cache = _THREAD.scratch = {}
+    key = (tag, tuple(shape), like.dtype, like.device)
+    if key not in cache:
+        cache[key] = like.new_empty(shape)
+    return cache[key]
+
+
+@functools.lru_cache(maxsize=None)
+def bmm_pairs_match(M: int, K: int, N: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether a ``bmm`` of (K, M) by (M, N) matrices (the weight gradient of a convolution: a
+    reduction over M rows) gives each item the same bits over a batch of two (or three) as over a
+    batch of eight, on this machine; decided once per process and shape on random operands. Where
+    it does, :class:`_ConvPool` builds the pooling gradient two models at a time.
+
+    >>> bmm_pairs_match(64, 10, 32)
+    True
+    """
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, K, M, generator=g, dtype=dtype), torch.randn(8, M, N, generator=g, dtype=dtype)
+    ref = torch.bmm(a, b)
+    return all(torch.equal(torch.bmm(a[b0:b1], b[b0:b1]), ref[b0:b1]) for b0, b1 in _pairs(8) + [(5, 8)])
+
+
+def _pairs(B: int) -> list[tuple[int, int]]:
+    """[b0, b1) ranges of two models covering range(B), the last of three if B is odd (one if B is 1).
+
+    >>> _pairs(5), _pairs(1)
+    ([(0, 2), (2, 5)], [(0, 1)])
+    """
+    if B < 2:
+        return [(0, B)]
+    starts = list(range(0, B - 1, 2))
+    return [(b0, b0 + 2) for b0 in starts[:-1]] + [(starts[-1], B)]
+
+
 class _ConvPool(torch.autograd.Function):
     """Training, stacked layout: a convolution whose input needs no gradient (the first layer), the
     k x k max-pool that tiles its output and (``relu``) the ReLU after it, one model at a time.
     ``patches``: (B, M, K (+1)), the rows in (n, Ho, Wo) order; ``w``: (B, K (+1), Cout). Forward:
     model b's product into a scratch buffer reused across models, max-pooled (torch's channels-last
     kernel, with indices) and rectified into the output. Backward: model b's gradient masked by its
-    ReLU, scattered back through its pooling indices into one full-resolution buffer and multiplied
-    by its patches into the weight gradient (one ``bmm`` over the group: a reduction over every row,
-    whose blocking a per-model product may not share). The same kernels on the same operands as the
-    ``bmm``, ``max_pool2d``, ``relu`` and their backward over the whole group, bit for bit,
-    but each model's full-resolution output and gradient stay in the core's cache instead of
+    ReLU, scattered back through its pooling indices into a full-resolution buffer of two models,
+    multiplied by their patches into their weight gradients by a ``bmm`` of two (a reduction over
+    every row, whose blocking a per-model ``mm`` may not share, while a ``bmm`` computes each item
+    alike whatever the batch, from two up: :func:`bmm_pairs_match`). The same kernels on the same
+    operands as the ``bmm``, ``max_pool2d``, ``relu`` and their backward over the whole group, bit
+    for bit, but a model's full-resolution output and gradient stay in the core's cache instead of
     streaming the whole group's (the zero fill of the pooling gradient included) through memory."""
 
     @staticmethod
@@ -486,13 +533,13 @@ class _ConvPool(torch.autograd.Function):
         B, M, _ = patches.shape
         n, Ho, Wo = grid
         Cout = w.shape[-1]
-        conv = w.new_empty(M, Cout)
+        conv = _scratch("conv", (M, Cout), w)
         img = conv.view(n, Ho, Wo, Cout).permute(0, 3, 1, 2)  # (n, Cout, Ho, Wo), channels last
         out = w.new_empty(B, n, Ho // k, Wo // k, Cout)
         indices = []
         for b in range(B):
             torch.mm(patches[b], w[b], out=conv)
-            y, i = F.max_pool2d(img, k, k, return_indices=True)
+            y, i = F.max_pool2d(img, k, k, return_indices=True)  # small fresh tensors: the allocator's warm chunks
             if relu:
                 torch.clamp_min(y.permute(0, 2, 3, 1), 0.0, out=out[b])
             else:
@@ -509,18 +556,24 @@ class _ConvPool(torch.autograd.Function):
         B, M, Kb = patches.shape
         g = g.contiguous()
         n, Cout, Ho, Wo = img.shape
-        full = g.new_empty(B, n, Ho, Wo, Cout)  # the gradient of the full-resolution product
-        for b in range(B):
-            gb = torch.ops.aten.threshold_backward(g[b], out[b], 0.0) if ctx.relu else g[b]
-            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                gb.permute(0, 3, 1, 2), img, [k, k], [k, k], [0, 0], [1, 1], False, indices[b], grad_input=full[b].permute(0, 3, 1, 2))
-        return None, torch.bmm(patches.transpose(1, 2), full.view(B, M, Cout)), None, None, None
+        pt = patches.transpose(1, 2)
+        grad_w = g.new_empty(B, Kb, Cout)
+        for b0, b1 in _pairs(B):
+            full = _scratch("full", (b1 - b0, n, Ho, Wo, Cout), g)  # these models' full-resolution gradient
+            for b in range(b0, b1):
+                gb = torch.ops.aten.threshold_backward(g[b], out[b], 0.0) if ctx.relu else g[b]
+                torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                    gb.permute(0, 3, 1, 2), img, [k, k], [k, k], [0, 0], [1, 1], False, indices[b],
+                    grad_input=full[b - b0].permute(0, 3, 1, 2))
+            torch.bmm(pt[b0:b1], full.view(b1 - b0, M, Cout), out=grad_w[b0:b1])
+        return None, grad_w, None, None, None
 
 
 def _stacked_conv_eval(ctx: "BatchedContext", p: str, w: torch.Tensor, fill, grid: tuple, M: int, Kb: int,
                        col_major: bool, q: int, relu: bool) -> torch.Tensor:
     """:func:`_stacked_conv` in evaluation, one model at a time: model b's patches are gathered into
-    a scratch buffer reused across models and test chunks (its column of ones written once),
+    a scratch buffer reused across models and test chunks (its column of ones written once; the
+    output too is the same memory in every chunk, its first write a cache hit, not a miss),
     multiplied by its (K (+1), Cout) weight into a second scratch buffer, and max-pooled
     over the q*q window offsets straight into the output (and rectified there if ``relu``). Each model's working set stays in the
     core's cache instead of streaming every model's full-resolution output through memory before
@@ -530,10 +583,10 @@ def _stacked_conv_eval(ctx: "BatchedContext", p: str, w: torch.Tensor, fill, gri
     n, Ho, Wo = grid
     key = f"{p}scratch{M}"
     fresh = key not in ctx.cache
-    if fresh:  # (K (+1), M) / (M, K (+1)) patches and the (M, Cout) product
-        ctx.cache[key] = (w.new_empty((Kb, M) if col_major else (M, Kb)), w.new_empty(M, Cout) if q > 1 else None)
-    pbuf, obuf = ctx.cache[key]
-    out = w.new_empty(B, n, Ho, Wo, Cout)
+    if fresh:  # (K (+1), M) / (M, K (+1)) patches, the (M, Cout) product and the output (rewritten every chunk)
+        ctx.cache[key] = (w.new_empty((Kb, M) if col_major else (M, Kb)), w.new_empty(M, Cout) if q > 1 else None,
+                          w.new_empty(B, n, Ho, Wo, Cout))
+    pbuf, obuf, out = ctx.cache[key]
     for b in range(B):
         patches = fill(pbuf, b, ones=fresh and b == 0)
         ob = out[b].view(M // (q * q), Cout)
@@ -681,6 +734,10 @@ def stacked_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torc
     (each model's own weight matrix), pooling runs torch's channels-last kernels on (B*n, C, H, W);
     per model every activation is contiguous, so no layer copies between layouts. The same function
     as :func:`batched_forward` up to float rounding. Returns logits (B, n, n_classes).
+
+    In training, buffers reused from step to step hold what the backward pass needs: one backward
+    per forward (a second forward before it makes that backward raise autograd's "modified by an
+    inplace operation", never a wrong gradient).
 
     >>> import torch
     >>> m = build_model("small_cnn", 1, 8, 8, 3)
