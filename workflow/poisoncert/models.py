@@ -421,12 +421,12 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
                 buf[..., K].fill_(1.0)
             return buf
 
-        per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, x.dtype)
+        per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, x.dtype, x.device)
         if per_model and not ctx.training and not torch.is_grad_enabled():
             return _stacked_conv_eval(ctx, p, _stacked_weight(ctx, p + "weight", weight), fill, (n, Ho, Wo), M, K + bias, C == 1, q, relu)
         # the same memory every step (autograd's version counter refuses a backward after it is refilled)
         patches = fill(_scratch("patches", (B, K + bias, M) if C == 1 else (B, M, K + bias), xp), slice(None))
-        if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, x.dtype):
+        if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, x.dtype, x.device):
             return _ConvPool.apply(patches, _stacked_weight(ctx, p + "weight", weight), (n, Ho, Wo), train_pool, relu)
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
@@ -450,7 +450,8 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
 
 
 @functools.lru_cache(maxsize=None)
-def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype = torch.float32) -> bool:
+def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> bool:
     """Whether this machine's ``torch.mm`` of an (M, K) by a (K, N) matrix gives the bits of the same
     product inside a ``bmm`` over a group (column-major left operands if ``col_major``, as the stacked
     convolution's patches with one input channel). The per-model kernels of the stacked layout
@@ -465,7 +466,7 @@ def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype =
     """
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2, K, M, generator=g, dtype=dtype).transpose(1, 2) if col_major else torch.randn(2, M, K, generator=g, dtype=dtype)
-    w = torch.randn(2, K, N, generator=g, dtype=dtype)
+    a, w = a.to(device), torch.randn(2, K, N, generator=g, dtype=dtype).to(device)  # on the device that will run them
     ref = torch.bmm(a, w)
     return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(2))
 
@@ -487,7 +488,7 @@ def _scratch(tag: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def bmm_pairs_match(M: int, K: int, N: int, dtype: torch.dtype = torch.float32) -> bool:
+def bmm_pairs_match(M: int, K: int, N: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> bool:
     """Whether a ``bmm`` of (K, M) by (M, N) matrices (the weight gradient of a convolution: a
     reduction over M rows) gives each item the same bits over a batch of two (or three) as over a
     batch of eight, on this machine; decided once per process and shape on random operands. Where
@@ -497,7 +498,7 @@ def bmm_pairs_match(M: int, K: int, N: int, dtype: torch.dtype = torch.float32) 
     True
     """
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(8, K, M, generator=g, dtype=dtype), torch.randn(8, M, N, generator=g, dtype=dtype)
+    a, b = torch.randn(8, K, M, generator=g, dtype=dtype).to(device), torch.randn(8, M, N, generator=g, dtype=dtype).to(device)
     ref = torch.bmm(a, b)
     return all(torch.equal(torch.bmm(a[b0:b1], b[b0:b1]), ref[b0:b1]) for b0, b1 in _pairs(8) + [(5, 8)])
 
