@@ -483,6 +483,8 @@ def _scratch(tag: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         cache = _THREAD.scratch = {}
     key = (tag, tuple(shape), like.dtype, like.device)
     if key not in cache:
+        if len(cache) >= 16:  # a long session over many shapes: drop the old buffers, not grow without bound
+            cache.clear()
         cache[key] = like.new_empty(shape)
     return cache[key]
 
@@ -536,7 +538,9 @@ class _ConvPool(torch.autograd.Function):
         Cout = w.shape[-1]
         conv = _scratch("conv", (M, Cout), w)
         img = conv.view(n, Ho, Wo, Cout).permute(0, 3, 1, 2)  # (n, Cout, Ho, Wo), channels last
-        out = w.new_empty(B, n, Ho // k, Wo // k, Cout)
+        # the output, too, is the same memory every step (a view of it: autograd refuses to differentiate
+        # through a view whose base a later forward rewrote, so a stale value never reaches a gradient)
+        out = _scratch("pooled", (B, n, Ho // k, Wo // k, Cout), w)[...]
         indices = []
         for b in range(B):
             torch.mm(patches[b], w[b], out=conv)
@@ -736,9 +740,9 @@ def stacked_forward(template: nn.Module, state: dict[str, torch.Tensor], x: torc
     per model every activation is contiguous, so no layer copies between layouts. The same function
     as :func:`batched_forward` up to float rounding. Returns logits (B, n, n_classes).
 
-    In training, buffers reused from step to step hold what the backward pass needs: one backward
-    per forward (a second forward before it makes that backward raise autograd's "modified by an
-    inplace operation", never a wrong gradient).
+    In training, buffers reused from step to step hold what the backward pass needs and the first
+    layer's output: one backward per forward (a second forward before it makes that backward raise
+    autograd's error about a tensor "modified inplace", never a wrong gradient).
 
     >>> import torch
     >>> m = build_model("small_cnn", 1, 8, 8, 3)
