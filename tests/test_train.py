@@ -360,3 +360,26 @@ def test_deterministic_mode_skips_the_nan_fill_and_restores_it():
         assert torch.utils.deterministic.fill_uninitialized_memory is False
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.utils.deterministic.fill_uninitialized_memory == before
+
+
+def test_stacked_training_keeps_flattened_linear_weights_in_hwc_order_without_changing_a_bit(data, monkeypatch):
+    """The stacked trainer holds a Linear weight that reads a flattened image in the features' (h, w, c)
+    order for the whole training and puts it back afterwards (poisoncert.models.stacked_hwc_linears):
+    the fitted state is bit for bit the one of permuting a copy every step, and in the module's order."""
+    from poisoncert import train as engine
+
+    sets = [data[0][i] for i in (0, 2, 3)]
+    cfg = dataclasses.replace(CFG_STACKED, group_size=3)
+    dev = torch.device("cpu")
+    found = engine.stacked_hwc_linears
+    seen = []
+    monkeypatch.setattr(engine, "stacked_hwc_linears", lambda *a: seen.append(found(*a)) or seen[-1])
+    with engine.deterministic_mode(cfg):
+        fast = engine._fit(sets, [1, 2, 3], SHAPE, N_CLASSES, cfg, dev, "stacked")
+    assert seen == [{"4.weight": (32, 4, 4)}]  # small_cnn on 8x8: conv, pool, relu, flatten, linear
+    monkeypatch.setattr(engine, "stacked_hwc_linears", lambda *a: {})
+    with engine.deterministic_mode(cfg):
+        plain = engine._fit(sets, [1, 2, 3], SHAPE, N_CLASSES, cfg, dev, "stacked")
+    assert fast[1].keys() == plain[1].keys()
+    for k in fast[1]:
+        assert torch.equal(fast[1][k], plain[1][k]), k

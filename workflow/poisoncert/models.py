@@ -262,6 +262,8 @@ class BatchedContext:
         self.training = mask is not None
         self.bn_updates: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.cache: dict[str, torch.Tensor] = {}  # evaluation: weights rearranged once (stacked_forward)
+        self.hwc: frozenset[str] = frozenset()  # stacked: Linear weights the state holds in (h, w, c) order already
+        self.hwc_seen: dict[str, tuple[int, int, int]] | None = None  # stacked_hwc_linears' record
 
 
 def _masked_bn(m: nn.BatchNorm2d, name: str, state, xv: torch.Tensor, ctx: BatchedContext, stat_shape: tuple,
@@ -639,10 +641,44 @@ class _StackedLayout:
 
     @staticmethod
     def linear_weight(w: torch.Tensor, layout, ctx: BatchedContext, key: str) -> torch.Tensor:
-        if layout == "feat":
+        if layout == "feat" or key in ctx.hwc:
             return w
         _, C, H, W = layout  # (c, h, w) columns -> (h, w, c), the order of the flattened features
-        return _stacked_weight(ctx, key, lambda: w.view(ctx.B, -1, C, H, W).permute(0, 1, 3, 4, 2).reshape(ctx.B, -1, C * H * W))
+        if ctx.hwc_seen is not None:
+            ctx.hwc_seen[key] = (C, H, W)
+        return _stacked_weight(ctx, key, lambda: hwc_order(w, (C, H, W)))
+
+
+def hwc_order(w: torch.Tensor, chw: tuple[int, int, int], inverse: bool = False) -> torch.Tensor:
+    """A stacked Linear weight (B, out, C*H*W) whose columns read a flattened (c, h, w) image,
+    reordered to read the stacked layout's (h, w, c) features (``inverse``: back). A new tensor.
+
+    >>> w = torch.arange(12.0).view(1, 1, 12)  # C=3, H=2, W=2
+    >>> hwc_order(w, (3, 2, 2)).flatten().tolist()[:6]
+    [0.0, 4.0, 8.0, 1.0, 5.0, 9.0]
+    >>> torch.equal(hwc_order(hwc_order(w, (3, 2, 2)), (3, 2, 2), inverse=True), w)
+    True
+    """
+    C, H, W = chw
+    B = w.shape[0]
+    if inverse:
+        return w.view(B, -1, H, W, C).permute(0, 1, 4, 2, 3).reshape(B, -1, C * H * W)
+    return w.view(B, -1, C, H, W).permute(0, 1, 3, 4, 2).reshape(B, -1, C * H * W)
+
+
+def stacked_hwc_linears(template: nn.Module, state: dict[str, torch.Tensor], shape: tuple[int, int, int]) -> dict[str, tuple[int, int, int]]:
+    """The Linear weights of ``template`` that read a flattened image in the stacked layout, each with
+    the (C, H, W) it sees (found by one forward pass of one blank image per model). A trainer that
+    keeps those weights in :func:`hwc_order` for the whole training (and sets ``BatchedContext.hwc``)
+    saves a permuted copy of each, forward and backward, every step: the same values in other
+    places, so the same bits (SGD works element by element)."""
+    B = next(iter(state.values())).shape[0]
+    C, H, W = shape
+    ctx = BatchedContext(B, None)
+    ctx.hwc_seen = {}
+    with torch.no_grad():
+        _forward(template, state, next(iter(state.values())).new_zeros(B, 1, H, W, C), ctx, _StackedLayout)
+    return ctx.hwc_seen
 
 
 def _children(module: nn.Sequential) -> list[tuple[str, nn.Module]]:

@@ -71,7 +71,7 @@ import torch.nn.functional as F  # noqa: E402
 from .augment import AUGMENTATIONS, augment_batch, draw_augment  # noqa: E402
 from .data import canonical_order  # noqa: E402  (pixels, then label: DPA paper 2.2.1)
 from .errors import PoisonCertError  # noqa: E402
-from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model, stacked_forward  # noqa: E402
+from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model, hwc_order, stacked_forward, stacked_hwc_linears  # noqa: E402
 from .schema import param  # noqa: E402
 
 __all__ = [
@@ -623,6 +623,12 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     del models, per_model
     params = [state[n].requires_grad_(True) for n in names]
     bufs = [torch.zeros_like(p) for p in params]  # momentum buffers (0 -> first step = grad)
+    # stacked: a Linear after a Flatten reads (h, w, c) features; its weight is kept in that order while
+    # training (no permuted copy per step, forward and backward) and put back in the module's order after
+    hwc = stacked_hwc_linears(template, state, shape) if strategy == "stacked" else {}
+    with torch.no_grad():
+        for key, chw in hwc.items():
+            state[key].copy_(hwc_order(state[key], chw))
 
     # ---- data: one store of all (sorted) sets, zero-padded for cropping; last row = dummy ----
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -684,6 +690,7 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
         y1h = F.one_hot(label_store[idx].view(B, bsz), K).to(torch.float32)
 
         ctx = BatchedContext(B, mask_bt.t().contiguous())
+        ctx.hwc = frozenset(hwc)
         logits = forward(template, state, x, ctx)  # (B, b, K)
         nll = -(torch.log_softmax(logits, dim=-1) * y1h).sum(-1)  # (B, b)
         loss_m = (nll * mask_bt).sum(1) / mask_bt.sum(1).clamp(min=1.0)
@@ -737,6 +744,9 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
             bar.update(1)
     if bar is not None and T == 0:
         bar.update(config.epochs)
+    with torch.no_grad():
+        for key, chw in hwc.items():
+            state[key].copy_(hwc_order(state[key], chw, inverse=True))
 
     return template, state, mean_b, std_b, strategy
 
