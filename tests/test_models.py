@@ -134,8 +134,43 @@ def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape
     first, _ = run(x[:2].contiguous(), False, grad=False, state={k: v[:2] for k, v in state.items()}, B=2)
     assert torch.equal(first, ref[:2])  # the others dropped (train._evaluate_group keeps at least two)
     k = 3 if arch == "small_cnn" else 5
-    if M.mm_matches_bmm(n * h * w, k * k * c + 1, models[0][0].out_channels, c == 1):  # this machine: the fast path ran
+    if M.mm_matches_bmm(n * h * w, k * k * c + 1, models[0][0].out_channels, c == 1, B):  # this machine: the fast path ran
         assert "_ConvPool" in used and "_stacked_conv_eval" in used, used
+
+
+def test_stacked_fold_of_a_window_one_pool_keeps_the_relu():
+    """A MaxPool2d(1) between a convolution and a ReLU folds too: the ReLU must still be applied
+    (evaluation, per-model path), as the module and the whole-group path apply it."""
+    torch.manual_seed(0)
+    tmpl = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.MaxPool2d(1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3))
+    state = {k: torch.stack([v.detach().clone()] * 2) for k, v in tmpl.state_dict().items()}
+    x = torch.randn(2, 5, 6, 6, 1)
+    with torch.no_grad():
+        fast = stacked_forward(tmpl, state, x, BatchedContext(2, None))
+        ref = stacked_forward(tmpl, state, x.clone().requires_grad_(), BatchedContext(2, None))
+        own = tmpl(x[0].permute(0, 3, 1, 2))
+    assert torch.equal(fast, ref)
+    torch.testing.assert_close(fast[0], own, rtol=1e-5, atol=1e-5)
+
+
+def test_the_bit_agreement_checks_are_decided_again_when_the_thread_count_changes():
+    """Whether mm gives bmm's bits depends on the thread count (on this machine: NiN-sized reductions
+    agree on 1 thread, not on 2), so a cached answer must not outlive a change of it."""
+    from poisoncert import models as M
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        M.mm_matches_bmm(96, 2401, 16, False, 4)
+        misses = M._mm_matches_bmm.cache_info().misses
+        M.mm_matches_bmm(96, 2401, 16, False, 4)
+        assert M._mm_matches_bmm.cache_info().misses == misses  # cached
+        torch.set_num_threads(2)
+        M.mm_matches_bmm(96, 2401, 16, False, 4)
+        assert M._mm_matches_bmm.cache_info().misses == misses + 1  # decided again
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_stacked_training_buffers_refuse_a_second_forward_before_the_backward():

@@ -383,3 +383,21 @@ def test_stacked_training_keeps_flattened_linear_weights_in_hwc_order_without_ch
     assert fast[1].keys() == plain[1].keys()
     for k in fast[1]:
         assert torch.equal(fast[1][k], plain[1][k]), k
+
+
+def test_dropping_a_groups_padding_dummies_is_checked_and_can_be_refused(data, monkeypatch):
+    """Stacked evaluation skips a group's padding dummies only where evaluating the first models alone
+    gives their bits in the whole group (train._dropping_is_exact, on the group's own weights and both
+    chunk shapes); refused, it evaluates the whole group, with the same logits."""
+    from poisoncert import train as engine
+
+    sets = [data[0][i] for i in (0, 2, 3)]
+    cfg = dataclasses.replace(CFG_STACKED, group_size=8)
+    ran = []
+    real = engine._dropping_is_exact
+    monkeypatch.setattr(engine, "_dropping_is_exact", lambda *a: ran.append(real(*a)) or ran[-1])
+    kept = train_shard(sets, [1, 2, 3], data[1], N_CLASSES, cfg, device="cpu", progress=False)
+    assert ran == [True]  # asked once (one group of 3 real models and 5 dummies), and exact here
+    monkeypatch.setattr(engine, "_dropping_is_exact", lambda *a: False)
+    whole = train_shard(sets, [1, 2, 3], data[1], N_CLASSES, cfg, device="cpu", progress=False)
+    assert np.array_equal(kept, whole)

@@ -423,12 +423,12 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
                 buf[..., K].fill_(1.0)
             return buf
 
-        per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, x.dtype, x.device)
+        per_model = mm_matches_bmm(M, K + bias, m.out_channels, C == 1, B, x.dtype, x.device)
         if per_model and not ctx.training and not torch.is_grad_enabled():
             return _stacked_conv_eval(ctx, p, _stacked_weight(ctx, p + "weight", weight), fill, (n, Ho, Wo), M, K + bias, C == 1, q, relu)
         # the same memory every step (autograd's version counter refuses a backward after it is refilled)
         patches = fill(_scratch("patches", (B, K + bias, M) if C == 1 else (B, M, K + bias), xp), slice(None))
-        if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, x.dtype, x.device):
+        if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, C != 1, B, x.dtype, x.device):
             return _ConvPool.apply(patches, _stacked_weight(ctx, p + "weight", weight), (n, Ho, Wo), train_pool, relu)
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
@@ -451,26 +451,37 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
     return F.relu(out) if relu else out
 
 
-@functools.lru_cache(maxsize=None)
-def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, dtype: torch.dtype = torch.float32,
+def kernel_settings() -> tuple:
+    """What decides a BLAS kernel's blocking besides the shapes and the device: the CPU thread count
+    and the float32 matmul precision (TF32 on a GPU). Part of every cached bit-agreement check."""
+    return (torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+
+
+def mm_matches_bmm(M: int, K: int, N: int, col_major: bool, B: int = 2, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> bool:
     """Whether this machine's ``torch.mm`` of an (M, K) by a (K, N) matrix gives the bits of the same
-    product inside a ``bmm`` over a group (column-major left operands if ``col_major``, as the stacked
-    convolution's patches with one input channel). The per-model kernels of the stacked layout
+    product inside a ``bmm`` over a group of ``B`` (column-major left operands if ``col_major``, as the
+    stacked convolution's patches with one input channel). The per-model kernels of the stacked layout
     (:class:`_ConvPool`, :func:`_stacked_conv_eval`) run only where it does, so they never change a
-    model's logits: BLAS libraries choose their blocking from the shapes (and the CPU), and a long
-    reduction (K in the thousands) is blocked differently by ``mm`` and ``bmm`` on this machine.
-    Decided once per process and shape, on random operands (a differing accumulation order shows on
-    almost every one of the M x N outputs).
+    model's logits: BLAS libraries choose their blocking from the shapes, the CPU and the thread
+    count, and a long reduction (K in the thousands) is blocked differently by ``mm`` and ``bmm`` on
+    this machine. Decided once per process, shape, group size and :func:`kernel_settings`, on random
+    operands (a differing accumulation order shows on almost every one of the M x N outputs).
 
     >>> mm_matches_bmm(64, 10, 32, True)  # a short reduction: one block, the same bits
     True
     """
+    return _mm_matches_bmm(M, K, N, col_major, max(B, 2), dtype, torch.device(device), kernel_settings())
+
+
+@functools.lru_cache(maxsize=256)
+def _mm_matches_bmm(M: int, K: int, N: int, col_major: bool, B: int, dtype: torch.dtype, device: torch.device, settings: tuple) -> bool:
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(2, K, M, generator=g, dtype=dtype).transpose(1, 2) if col_major else torch.randn(2, M, K, generator=g, dtype=dtype)
-    a, w = a.to(device), torch.randn(2, K, N, generator=g, dtype=dtype).to(device)  # on the device that will run them
+    a = torch.randn(B, K, M, generator=g, dtype=dtype).transpose(1, 2) if col_major else torch.randn(B, M, K, generator=g, dtype=dtype)
+    a, w = a.to(device), torch.randn(B, K, N, generator=g, dtype=dtype).to(device)  # on the device that will run them
     ref = torch.bmm(a, w)
-    return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(2))
+    return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(B))
 
 
 _THREAD = threading.local()
@@ -480,6 +491,8 @@ def _scratch(tag: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """A buffer of ``shape`` reused by every call with the same ``tag`` in this thread (never
     returned to a caller: only a kernel's intermediate): the same memory every step, still in the
     cache, where a fresh allocation lands wherever the allocator finds room and its first writes miss."""
+    if like.device.type != "cpu":  # a GPU's caching allocator already reuses memory; and its backward runs on
+        return like.new_empty(shape)  # autograd's device thread, shared by every caller thread
     cache = getattr(_THREAD, "scratch", None)
     if cache is None:
         cache = _THREAD.scratch = {}
@@ -491,20 +504,33 @@ def _scratch(tag: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     return cache[key]
 
 
-@functools.lru_cache(maxsize=None)
-def bmm_pairs_match(M: int, K: int, N: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> bool:
-    """Whether a ``bmm`` of (K, M) by (M, N) matrices (the weight gradient of a convolution: a
-    reduction over M rows) gives each item the same bits over a batch of two (or three) as over a
-    batch of eight, on this machine; decided once per process and shape on random operands. Where
-    it does, :class:`_ConvPool` builds the pooling gradient two models at a time.
+def release_scratch() -> None:
+    """Free this thread's :func:`_scratch` buffers (the trainer calls it after each group: a group of
+    a whole large shard holds large patch buffers)."""
+    _THREAD.scratch = {}
 
-    >>> bmm_pairs_match(64, 10, 32)
+
+def bmm_pairs_match(M: int, K: int, N: int, col_major: bool, B: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> bool:
+    """Whether a ``bmm`` of (K, M) by (M, N) matrices (the weight gradient of a convolution: a
+    reduction over M rows; column-major left operands if ``col_major``) gives each item the same bits
+    over the batches of two (or three) of :func:`_pairs` as over the whole group of ``B``, on this
+    machine; decided once per process, shape, group size and :func:`kernel_settings`, on random
+    operands. Where it does, :class:`_ConvPool` builds the pooling gradient two models at a time.
+
+    >>> bmm_pairs_match(64, 10, 32, False, 8)
     True
     """
+    return _bmm_pairs_match(M, K, N, col_major, B, dtype, torch.device(device), kernel_settings())
+
+
+@functools.lru_cache(maxsize=256)
+def _bmm_pairs_match(M: int, K: int, N: int, col_major: bool, B: int, dtype: torch.dtype, device: torch.device, settings: tuple) -> bool:
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(8, K, M, generator=g, dtype=dtype).to(device), torch.randn(8, M, N, generator=g, dtype=dtype).to(device)
+    a = torch.randn(B, M, K, generator=g, dtype=dtype).transpose(1, 2) if col_major else torch.randn(B, K, M, generator=g, dtype=dtype)
+    a, b = a.to(device), torch.randn(B, M, N, generator=g, dtype=dtype).to(device)
     ref = torch.bmm(a, b)
-    return all(torch.equal(torch.bmm(a[b0:b1], b[b0:b1]), ref[b0:b1]) for b0, b1 in _pairs(8) + [(5, 8)])
+    return all(torch.equal(torch.bmm(a[b0:b1], b[b0:b1]), ref[b0:b1]) for b0, b1 in _pairs(B))
 
 
 def _pairs(B: int) -> list[tuple[int, int]]:
@@ -602,8 +628,8 @@ def _stacked_conv_eval(ctx: "BatchedContext", p: str, w: torch.Tensor, fill, gri
         else:
             torch.mm(patches, w[b], out=obuf)
             torch.amax(obuf.view(q * q, M // (q * q), Cout), dim=0, out=ob)
-            if relu:
-                ob.clamp_min_(0.0)
+        if relu:
+            ob.clamp_min_(0.0)
     return out
 
 

@@ -71,7 +71,8 @@ import torch.nn.functional as F  # noqa: E402
 from .augment import AUGMENTATIONS, augment_batch, draw_augment  # noqa: E402
 from .data import canonical_order  # noqa: E402  (pixels, then label: DPA paper 2.2.1)
 from .errors import PoisonCertError  # noqa: E402
-from .models import ARCHITECTURES, BatchedContext, batched_forward, build_model, hwc_order, stacked_forward, stacked_hwc_linears  # noqa: E402
+from .models import (ARCHITECTURES, BatchedContext, batched_forward, build_model, hwc_order, kernel_settings,  # noqa: E402
+                     release_scratch, stacked_forward, stacked_hwc_linears)
 from .schema import param  # noqa: E402
 
 __all__ = [
@@ -598,7 +599,8 @@ _VECTORISED = {"grouped": (_grouped_input, batched_forward, False), "stacked": (
 the first m >= 2 models of a group get the same logits, bit for bit, when the others are dropped
 (every kernel works on one model's slice: :func:`poisoncert.models._stacked_conv_eval`, batched
 products over at least two models, which this machine's BLAS runs item by item, while a batch of one
-is an ``mm`` and may be blocked differently), so a group's padding dummies are not evaluated. The grouped convolution of ``grouped`` depends on the
+is an ``mm`` and may be blocked differently), so a group's padding dummies are not evaluated, where
+:func:`_dropping_is_exact` confirms it on the group's own weights and test chunks. The grouped convolution of ``grouped`` depends on the
 number of groups, so it evaluates the whole group."""
 
 
@@ -747,8 +749,36 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     with torch.no_grad():
         for key, chw in hwc.items():
             state[key].copy_(hwc_order(state[key], chw, inverse=True))
+    release_scratch()
 
     return template, state, mean_b, std_b, strategy
+
+
+_DROP_EXACT: dict[tuple, bool] = {}
+
+
+def _dropping_is_exact(template, state, mean_b, std_b, test, eb: int, keep: int, to_layout, forward, cl) -> bool:
+    """Whether evaluating only a group's first ``keep`` models gives them the bits of evaluating the
+    whole group, for every chunk shape of this test set (the full chunk and the last, smaller one),
+    on this machine: every kernel of a per-model strategy works on one model's slice, but a batched
+    product may still pick its kernel by the batch count (a GPU's, a many-core CPU's). Checked once
+    per process, shapes and :func:`poisoncert.models.kernel_settings`, on this group's own weights
+    and the test images."""
+    n_test = test.shape[0]
+    sizes = sorted({min(eb, n_test)} | ({n_test % eb} if n_test % eb else set()))
+    key = (tuple((k, tuple(v.shape), v.dtype) for k, v in state.items()), tuple(test.shape[1:]), keep, tuple(sizes),
+           str(test.device), kernel_settings())
+    if key not in _DROP_EXACT:
+        ok = True
+        part = {k: v[:keep] for k, v in state.items()}
+        with torch.no_grad():
+            for c in sizes:
+                u8 = test[:c].unsqueeze(0)
+                full = forward(template, state, to_layout(_normalize(u8, mean_b, std_b), cl), BatchedContext(mean_b.shape[0], None))
+                few = forward(template, part, to_layout(_normalize(u8, mean_b[:keep], std_b[:keep]), cl), BatchedContext(keep, None))
+                ok = ok and torch.equal(full[:keep], few)
+        _DROP_EXACT[key] = ok
+    return _DROP_EXACT[key]
 
 
 def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.device, n_models: int | None = None) -> np.ndarray:
@@ -757,17 +787,18 @@ def _evaluate_group(fitted, test: torch.Tensor, config: TrainConfig, dev: torch.
     (:data:`_VECTORISED`) returns just those."""
     template, state, mean_b, std_b, strategy = fitted
     to_layout, forward, per_model = _VECTORISED[strategy]
-    if per_model and n_models is not None:  # drop the padding dummies (keep two: a bmm of one matrix runs as an mm)
-        keep = max(n_models, 2)
+    cl = torch.channels_last if config.channels_last else torch.contiguous_format
+    n_test = test.shape[0]
+    eb = eval_batch_size(config, dev, strategy)
+    keep = max(n_models or 0, 2)  # a bmm of one matrix runs as an mm
+    if per_model and n_models is not None and keep < mean_b.shape[0] and _dropping_is_exact(
+            template, state, mean_b, std_b, test, eb, keep, to_layout, forward, cl):  # drop the padding dummies
         state = {k: v[:keep] for k, v in state.items()}
         mean_b, std_b = mean_b[:keep], std_b[:keep]
     B = mean_b.shape[0]
     _, C, H, W = test.shape
     K = state[[n for n, _ in template.named_parameters()][-1]].shape[1]
-    cl = torch.channels_last if config.channels_last else torch.contiguous_format
-    n_test = test.shape[0]
     out = torch.empty(B, n_test, K, dtype=torch.float32)
-    eb = eval_batch_size(config, dev, strategy)
     ctx = BatchedContext(B, None)  # one context for every chunk: its cache holds the rearranged weights
     with torch.no_grad():
         for s in range(0, n_test, eb):
