@@ -346,12 +346,16 @@ def engine_at(rev: str, where: Path):
         try:
             blob = subprocess.run(["git", "-C", str(repo), "archive", rev, "workflow/poisoncert"], capture_output=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError) as exc:
-            return None, f"git archive {rev} failed ({str(getattr(exc, 'stderr', b'') or exc).strip()[:80]})"
+            err = getattr(exc, "stderr", b"") or b""
+            return None, f"git archive {rev} failed ({(err.decode(errors='replace') or str(exc)).strip()[:80]})"
         with tempfile.TemporaryDirectory(dir=where) as tmp:
             tar = Path(tmp) / "src.tar"
             tar.write_bytes(blob)
             with tarfile.open(tar) as tf:
-                tf.extractall(tmp, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12: refuse links and absolute paths
+                    tf.extractall(tmp, filter="data")
+                else:  # our own repository's archive of one folder
+                    tf.extractall(tmp)
             (Path(tmp) / "workflow" / "poisoncert").rename(dest)
     if str(where) not in sys.path:
         sys.path.insert(0, str(where))
