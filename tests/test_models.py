@@ -88,31 +88,40 @@ def test_stacked_forward_equals_each_models_own_forward(arch):
             torch.testing.assert_close(grads[k][b], v.grad, rtol=1e-9, atol=1e-9, msg=f"{arch} {k}")
 
 
-@pytest.mark.parametrize("arch,shape", [("small_cnn", (1, 8, 8)), ("small_cnn", (3, 10, 10)), ("lenet", (1, 28, 28))])
-def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape, monkeypatch):
+@pytest.mark.parametrize("arch,shape,n", [("small_cnn", (1, 8, 8), 5), ("small_cnn", (3, 10, 10), 5), ("lenet", (1, 28, 28), 5),
+                                          ("small_cnn", (1, 28, 28), 16)])  # the engine's shapes (Fashion-MNIST, batch 16)
+def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape, n, monkeypatch):
     """The stacked layout runs its first convolution with the max-pool and ReLU after it one model at a
     time (training: :class:`poisoncert.models._ConvPool`; evaluation: ``_stacked_conv_eval``, which also
     lets a group's padding dummies go unevaluated). Both must give the bits of the whole-group
     ``bmm`` + ``max_pool2d`` + ``relu`` (the path taken when the input needs a gradient), the
     gradients included, also on ties: integer-valued images make equal maxima and zeros."""
     c, h, w = shape
-    B, n = 3, 5
+    B = 3
     torch.manual_seed(0)
-    models = [build_model(arch, c, h, w, 4) for _ in range(B)]
+    models = [build_model(arch, c, h, w, 10) for _ in range(B)]
     state = {k: torch.stack([m.state_dict()[k] for m in models]) for k in models[0].state_dict()}
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-2, 3, (B, n, h, w, c), generator=g).float()
     x[:, 0] = 0.0  # a blank image: every window of it ties
 
-    def run(x, training, grad=True, state=state, B=B):
+    # training masks: every row real, and the trainer's (real rows first, then padding; one model with one real
+    # row, where an mm may take another kernel (a matrix-vector product), one all padding)
+    lead = (torch.arange(n).unsqueeze(1) < torch.tensor([n, 1, 0]).unsqueeze(0)).float()
+
+    def run(x, training, grad=True, state=state, B=B, mask=None):
         params = {k: v.clone().requires_grad_(v.is_floating_point() and "running" not in k) for k, v in state.items()}
-        ctx = BatchedContext(B, torch.ones(n, B) if training else None)
+        mask = torch.ones(n, B) if mask is None else mask
+        ctx = BatchedContext(B, mask if training else None)
         with torch.set_grad_enabled(grad):
             out = stacked_forward(models[0], params, x, ctx)
         if not grad:
             return out, []
         keys = [k for k, v in params.items() if v.requires_grad]
         up = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        if training:  # the loss reads the real rows only (a padding row's output is never used)
+            out = out * mask.t().unsqueeze(-1)
+            up = up * mask.t().unsqueeze(-1)
         return out, torch.autograd.grad(out, [params[k] for k in keys], up) if training else []
 
     from poisoncert import models as M
@@ -122,10 +131,17 @@ def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape
         real = getattr(M, name)
         monkeypatch.setattr(M, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
     real_apply = M._ConvPool.apply
-    monkeypatch.setattr(M._ConvPool, "apply", lambda *a: used.append("_ConvPool") or real_apply(*a))
-    for training in (True, False):
-        fast, fast_grads = run(x, training)
-        ref, ref_grads = run(x.clone().requires_grad_(), training)  # the whole-group kernels
+
+    def record(*a):
+        used.append("_ConvPool")
+        used.extend(["real rows"] if a[5] is not None and min(a[5]) < n else [])
+        used.extend(["head"] if len(a) > 6 and a[6] is not None else [])
+        return real_apply(*a)
+
+    monkeypatch.setattr(M._ConvPool, "apply", record)
+    for training, mask in ((True, None), (True, lead), (False, None)):
+        fast, fast_grads = run(x, training, mask=mask)
+        ref, ref_grads = run(x.clone().requires_grad_(), training, mask=mask)  # the whole-group kernels
         assert torch.equal(fast, ref), (arch, training)
         for a, b in zip(fast_grads, ref_grads, strict=True):
             assert torch.equal(a, b), (arch, training)
@@ -136,6 +152,9 @@ def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape
     k = 3 if arch == "small_cnn" else 5
     if M.mm_matches_bmm(n * h * w, k * k * c + 1, models[0][0].out_channels, c == 1, B):  # this machine: the fast path ran
         assert "_ConvPool" in used and "_stacked_conv_eval" in used, used
+        assert "real rows" in used, used  # the padding images skipped
+        if arch == "small_cnn":
+            assert "head" in used, used  # the Linear after the Flatten joined the step
 
 
 def test_stacked_fold_of_a_window_one_pool_keeps_the_relu():

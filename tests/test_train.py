@@ -401,3 +401,39 @@ def test_dropping_a_groups_padding_dummies_is_checked_and_can_be_refused(data, m
     monkeypatch.setattr(engine, "_dropping_is_exact", lambda *a: False)
     whole = train_shard(sets, [1, 2, 3], data[1], N_CLASSES, cfg, device="cpu", progress=False)
     assert np.array_equal(kept, whole)
+
+
+@pytest.mark.parametrize("kw", [{}, {"nesterov": False}, {"weight_decay": 0.0}, {"momentum": 0.0, "nesterov": False}])
+def test_sgd_step_is_the_whole_group_update_bit_for_bit_per_run_of_models(kw):
+    """The engine's SGD runs model by model (runs of consecutive active models with one learning rate,
+    at most ``width`` of them, each run's stages back to back while its arrays are in the cache). It
+    must be the whole group's update bit for bit, as the group computed it with ``torch.where`` over
+    its stacks before: a model that is not active keeps its parameters and momentum exactly, every
+    other gets its own learning rate."""
+    from poisoncert.train import _sgd_step
+
+    cfg = TrainConfig(**kw)
+    g = torch.Generator().manual_seed(0)
+    B = 7
+    shapes = [(B, 10, 37), (B, 32, 1, 3, 3), (B, 10)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    grads = [torch.randn(s, generator=g) * 1e-2 for s in shapes]
+    bufs = [torch.randn(s, generator=g) * 1e-2 for s in shapes]
+    active = np.array([True, True, False, True, True, True, False])
+    lrs = np.array([0.05, 0.05, 0.05, 0.01, 0.01, 0.05, 0.01], np.float32)
+
+    wd, mom = cfg.weight_decay, cfg.momentum
+    ref_p, ref_m = [], []
+    for p, gr, m in zip(params, grads, bufs):  # the whole group, as before
+        a = torch.from_numpy(active).view((B,) + (1,) * (p.dim() - 1))
+        lr = torch.from_numpy(lrs).view((B,) + (1,) * (p.dim() - 1))
+        d = gr + p * wd if wd else gr
+        m_new = m * mom + d
+        step = d + m_new * mom if cfg.nesterov else m_new
+        ref_p.append(torch.where(a, p - lr * step, p))
+        ref_m.append(torch.where(a, m_new, m))
+    for width in (1, 2, B):
+        P, M = [p.clone() for p in params], [m.clone() for m in bufs]
+        _sgd_step(P, [x.clone() for x in grads], M, active, lrs, cfg, width)
+        for got, want in zip(P + M, ref_p + ref_m):
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (kw, width)

@@ -264,6 +264,25 @@ class BatchedContext:
         self.cache: dict[str, torch.Tensor] = {}  # evaluation: weights rearranged once (stacked_forward)
         self.hwc: frozenset[str] = frozenset()  # stacked: Linear weights the state holds in (h, w, c) order already
         self.hwc_seen: dict[str, tuple[int, int, int]] | None = None  # stacked_hwc_linears' record
+        self._real_rows: list[int] | None = None
+
+    def real_rows(self) -> list[int] | None:
+        """Training: each model's number of real rows when they lead its batch (the trainer puts them
+        first, then its padding), else None (another mask, or evaluation). Decided once per context.
+
+        >>> BatchedContext(2, torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])).real_rows()
+        [2, 1]
+        >>> BatchedContext(1, torch.tensor([[0.0], [1.0]])).real_rows() is None
+        True
+        """
+        if self.mask is None:
+            return None
+        if self._real_rows is None:
+            n = self.mask.shape[0]
+            counts = self.mask.sum(0).round().to(torch.int64)
+            lead = (torch.arange(n, device=self.mask.device).unsqueeze(1) < counts.unsqueeze(0)).to(self.mask.dtype)
+            self._real_rows = counts.tolist() if torch.equal(lead, self.mask) else []
+        return self._real_rows or None
 
 
 def _masked_bn(m: nn.BatchNorm2d, name: str, state, xv: torch.Tensor, ctx: BatchedContext, stat_shape: tuple,
@@ -313,7 +332,7 @@ class _GroupedLayout:
 
     @staticmethod
     def conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: BatchedContext, pool_k: int = 0,
-             relu: bool = False) -> torch.Tensor:  # pool_k, relu: never set (folds_pools is False)
+             relu: bool = False, head=None) -> torch.Tensor:  # pool_k, relu, head: never set (folds_pools is False)
         w = state[p + "weight"]
         w = w.reshape(ctx.B * w.shape[1], *w.shape[2:])
         b = state[p + "bias"].reshape(-1) if m.bias is not None else None
@@ -370,7 +389,7 @@ def _pool_window(pool: nn.Module | None) -> int:
 
 
 def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedContext", pool_k: int = 0,
-                  relu: bool = False) -> torch.Tensor:
+                  relu: bool = False, head: tuple[nn.Linear, str] | None = None) -> torch.Tensor:
     """Conv2d of B models on (B, n, H, W, C) as one ``bmm``: im2col patches (B, rows, kh*kw*C (+1))
     times each model's weight as a (kh*kw*C (+1), Cout) matrix, the bias as the weight of a column of
     ones (no separate pass over the output). Patches are gathered by slices of the zero-padded input:
@@ -380,7 +399,11 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
     ``pool_k`` > 0 (evaluation only): the k x k max-pool that follows, folded in. The rows are the
     conv outputs ordered by their offset inside the pooling window, so the pool is a max over a leading
     axis (the same values as max-pooling the full output, each an exact max); returns the pooled
-    (B, n, Ho // k, Wo // k, Cout), rectified if ``relu`` (the ReLU that follows the pool)."""
+    (B, n, Ho // k, Wo // k, Cout), rectified if ``relu`` (the ReLU that follows the pool).
+
+    ``head`` (training, with ``pool_k``): the Linear (and its qualified name) that reads the pooled
+    maps through a Flatten, applied too; returns its (B, n, out) output. Where the per-model kernels
+    run, :class:`_ConvPool` computes the Linear's input gradient model by model."""
     if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise PoisonCertError(f"{p[:-1]}: only plain zero-padded, ungrouped Conv2d is supported")
     B, n, H, W, C = x.shape
@@ -429,7 +452,21 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
         # the same memory every step (autograd's version counter refuses a backward after it is refilled)
         patches = fill(_scratch("patches", (B, K + bias, M) if C == 1 else (B, M, K + bias), xp), slice(None))
         if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, C != 1, B, x.dtype, x.device):
-            return _ConvPool.apply(patches, _stacked_weight(ctx, p + "weight", weight), (n, Ho, Wo), train_pool, relu)
+            w = _stacked_weight(ctx, p + "weight", weight)
+            pooled_shape = ("hwc", m.out_channels, Ho // train_pool, Wo // train_pool)
+            real = ctx.real_rows()  # the padding images need no product, pooling or gradient (_ConvPool)
+            if real is not None and not mm_prefix_rows_match(Ho * Wo, n, K + bias, m.out_channels, C == 1, x.dtype, x.device):
+                real = None
+            if head is not None:
+                lin, lp = head
+                F_in = m.out_channels * (Ho // train_pool) * (Wo // train_pool)
+                if (lin.bias is not None and mm_matches_bmm(n, lin.out_features, F_in, False, B, x.dtype, x.device)
+                        and mm_matches_bmm(F_in, n, lin.out_features, True, B, x.dtype, x.device)):
+                    w_lin = _StackedLayout.linear_weight(state[lp + "weight"], pooled_shape, ctx, lp + "weight")
+                    return _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real, w_lin, state[lp + "bias"],
+                                           real is not None and mm_prefix_rows_match(1, n, lin.out_features, F_in, False, x.dtype, x.device))
+            pooled = _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real)
+            return _linear(head[0], head[1], state, *_StackedLayout.flatten(pooled, B), ctx, _StackedLayout) if head else pooled
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
         if C == 1:
@@ -448,7 +485,8 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
         out = out.view(B, q * q, n, Ho, Wo, -1).amax(dim=1)
     else:
         return out.view(B, n, Ho, Wo, -1)
-    return F.relu(out) if relu else out
+    out = F.relu(out) if relu else out
+    return _linear(head[0], head[1], state, *_StackedLayout.flatten(out, B), ctx, _StackedLayout) if head else out
 
 
 def kernel_settings() -> tuple:
@@ -482,6 +520,31 @@ def _mm_matches_bmm(M: int, K: int, N: int, col_major: bool, B: int, dtype: torc
     a, w = a.to(device), torch.randn(B, K, N, generator=g, dtype=dtype).to(device)  # on the device that will run them
     ref = torch.bmm(a, w)
     return all(torch.equal(torch.mm(a[b], w[b]), ref[b]) for b in range(B))
+
+
+def mm_prefix_rows_match(rows: int, n: int, K: int, N: int, col_major: bool, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu") -> bool:
+    """Whether this machine's ``torch.mm`` of the first r * ``rows`` rows of an (n * rows, K) matrix
+    (column-major if ``col_major``, a slice of the same storage) by a (K, N) one gives those rows the
+    bits of the whole product, for every r < ``n``: the per-model kernels of :class:`_ConvPool` skip
+    a model's padding images (``rows`` output rows each) where it does. Decided once per process,
+    shape and :func:`kernel_settings`, on random operands.
+
+    >>> mm_prefix_rows_match(16, 4, 10, 32, True)
+    True
+    """
+    return _mm_prefix_rows_match(rows, n, K, N, col_major, dtype, torch.device(device), kernel_settings())
+
+
+@functools.lru_cache(maxsize=256)
+def _mm_prefix_rows_match(rows: int, n: int, K: int, N: int, col_major: bool, dtype: torch.dtype, device: torch.device,
+                          settings: tuple) -> bool:
+    g = torch.Generator().manual_seed(0)
+    M = rows * n
+    a = torch.randn(K, M, generator=g, dtype=dtype).t() if col_major else torch.randn(M, K, generator=g, dtype=dtype)
+    a, w = a.to(device), torch.randn(K, N, generator=g, dtype=dtype).to(device)
+    ref = torch.mm(a, w)
+    return all(torch.equal(torch.mm(a[: r * rows], w), ref[: r * rows]) for r in range(1, n))
 
 
 _THREAD = threading.local()
@@ -557,10 +620,23 @@ class _ConvPool(torch.autograd.Function):
     alike whatever the batch, from two up: :func:`bmm_pairs_match`). The same kernels on the same
     operands as the ``bmm``, ``max_pool2d``, ``relu`` and their backward over the whole group, bit
     for bit, but a model's full-resolution output and gradient stay in the core's cache instead of
-    streaming the whole group's (the zero fill of the pooling gradient included) through memory."""
+    streaming the whole group's (the zero fill of the pooling gradient included) through memory.
+
+    ``real`` (the trainer's batches: each model's real images first, :meth:`BatchedContext.real_rows`):
+    a model's padding images get no product, pooling or gradient, their pooled maps are zeros and
+    their gradient rows zeros (the loss never reads them; the trainer pads 28% of the rows of
+    Fashion-MNIST's k = 1200 partitions at batch 16), where :func:`mm_prefix_rows_match` confirms
+    that a shorter ``mm`` gives the real rows their bits. ``w_lin``, ``b_lin``: the Linear that reads
+    the flattened maps joins the step (training's ``Flatten`` -> ``Linear`` after the pool, as in
+    ``small_cnn``), so its input gradient is computed model by model too (an ``mm`` each, where
+    :func:`mm_matches_bmm` says it is a slice of the group's ``bmm``) and goes through the ReLU and
+    pooling backward while it is in the cache, instead of the whole group's streaming through memory
+    in between (``head_prefix``: the real rows alone suffice for it). Returns the pooled maps, or with
+    the Linear its (B, n, out) output."""
 
     @staticmethod
-    def forward(ctx, patches: torch.Tensor, w: torch.Tensor, grid: tuple, k: int, relu: bool) -> torch.Tensor:
+    def forward(ctx, patches: torch.Tensor, w: torch.Tensor, grid: tuple, k: int, relu: bool, real: list[int] | None = None,
+                w_lin: torch.Tensor | None = None, b_lin: torch.Tensor | None = None, head_prefix: bool = False) -> torch.Tensor:
         B, M, _ = patches.shape
         n, Ho, Wo = grid
         Cout = w.shape[-1]
@@ -569,37 +645,74 @@ class _ConvPool(torch.autograd.Function):
         # the output, too, is the same memory every step (a view of it: autograd refuses to differentiate
         # through a view whose base a later forward rewrote, so a stale value never reaches a gradient)
         out = _scratch("pooled", (B, n, Ho // k, Wo // k, Cout), w)[...]
+        real = list(real) if real is not None else [n] * B
         indices = []
         for b in range(B):
-            torch.mm(patches[b], w[b], out=conv)
-            y, i = F.max_pool2d(img, k, k, return_indices=True)  # small fresh tensors: the allocator's warm chunks
+            r = real[b]  # model b's real images lead its batch; its padding images' maps are zeros
+            if r < n:
+                out[b, r:].zero_()
+            if r == 0:
+                indices.append(None)
+                continue
+            torch.mm(patches[b, : r * Ho * Wo], w[b], out=conv[: r * Ho * Wo])
+            y, i = F.max_pool2d(img[:r], k, k, return_indices=True)  # small fresh tensors: the allocator's warm chunks
             if relu:
-                torch.clamp_min(y.permute(0, 2, 3, 1), 0.0, out=out[b])
+                torch.clamp_min(y.permute(0, 2, 3, 1), 0.0, out=out[b, :r])
             else:
-                out[b].copy_(y.permute(0, 2, 3, 1))
+                out[b, :r].copy_(y.permute(0, 2, 3, 1))
             indices.append(i)
-        ctx.save_for_backward(patches, out, *indices)
         ctx.k, ctx.relu, ctx.img = k, relu, img  # img: the input's shape and strides for the pooling backward (never read)
-        return out
+        ctx.head, ctx.real, ctx.head_prefix = w_lin is not None, real, head_prefix
+        ctx.idx = [j for j, i in enumerate(indices) if i is not None]
+        kept = [i for i in indices if i is not None]
+        if not ctx.head:
+            ctx.save_for_backward(patches, out, *kept)
+            return out
+        ctx.save_for_backward(patches, out, w_lin, *kept)  # the Linear as _run applies it, on the flattened maps
+        return torch.baddbmm(b_lin.unsqueeze(1), out.view(B, n, -1), w_lin.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        patches, out, *indices = ctx.saved_tensors
+        if ctx.head:
+            patches, out, w_lin, *kept = ctx.saved_tensors
+        else:
+            patches, out, *kept = ctx.saved_tensors
+        indices: list[torch.Tensor | None] = [None] * len(ctx.real)
+        for j, i in zip(ctx.idx, kept):
+            indices[j] = i
         k, img = ctx.k, ctx.img
         B, M, Kb = patches.shape
         g = g.contiguous()
         n, Cout, Ho, Wo = img.shape
         pt = patches.transpose(1, 2)
         grad_w = g.new_empty(B, Kb, Cout)
+        grads_lin: tuple = (None, None)
+        if ctx.head:  # baddbmm's backward as autograd computes it (the bias's summed over the broadcast rows), per model
+            x = out.view(B, n, -1)
+            gw_lin = g.new_empty(B, x.shape[2], g.shape[2])  # bmm(x^T, g)'s (B, in, out), returned transposed
+            grads_lin = (gw_lin.transpose(1, 2), g.sum(1, keepdim=True).squeeze(1))
+            g_in = _scratch("head_grad", (n, x.shape[2]), g)  # one model's input gradient
         for b0, b1 in _pairs(B):
             full = _scratch("full", (b1 - b0, n, Ho, Wo, Cout), g)  # these models' full-resolution gradient
             for b in range(b0, b1):
-                gb = torch.ops.aten.threshold_backward(g[b], out[b], 0.0) if ctx.relu else g[b]
+                r = ctx.real[b]  # the padding images' gradient is zero
+                if ctx.head:  # (these mm give the bits of the group's bmm: mm_matches_bmm)
+                    torch.mm(x[b].t(), g[b], out=gw_lin[b])
+                if r < n:
+                    full[b - b0, r:].zero_()
+                if r == 0:
+                    continue
+                if ctx.head:  # the real rows' input gradient (all rows where a shorter mm may round differently)
+                    rows = r if ctx.head_prefix else n
+                    gb = torch.mm(g[b, :rows], w_lin[b], out=g_in[:rows])[:r].view(out[b, :r].shape)
+                else:
+                    gb = g[b, :r]
+                gb = torch.ops.aten.threshold_backward(gb, out[b, :r], 0.0) if ctx.relu else gb
                 torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                    gb.permute(0, 3, 1, 2), img, [k, k], [k, k], [0, 0], [1, 1], False, indices[b],
-                    grad_input=full[b - b0].permute(0, 3, 1, 2))
+                    gb.permute(0, 3, 1, 2), img[:r], [k, k], [k, k], [0, 0], [1, 1], False, indices[b],
+                    grad_input=full[b - b0, :r].permute(0, 3, 1, 2))
             torch.bmm(pt[b0:b1], full.view(b1 - b0, M, Cout), out=grad_w[b0:b1])
-        return None, grad_w, None, None, None
+        return None, grad_w, None, None, None, None, *grads_lin, None
 
 
 def _stacked_conv_eval(ctx: "BatchedContext", p: str, w: torch.Tensor, fill, grid: tuple, M: int, Kb: int,
@@ -734,8 +847,14 @@ def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout, ctx: Batc
                     and isinstance(child, nn.Conv2d) and i + 1 < len(kids) and _pool_window(kids[i + 1][1]))
             if fold:  # a convolution, the max-pool that tiles it (and a ReLU after it), as one step
                 relu = i + 2 < len(kids) and isinstance(kids[i + 2][1], nn.ReLU)
-                x = L.conv(child, p + child_name + ".", state, x, ctx, pool_k=fold, relu=relu)
                 i += 3 if relu else 2
+                head = None  # training: a Flatten and Linear after it join the step (_ConvPool)
+                if (ctx.training and i + 1 < len(kids) and isinstance(kids[i][1], nn.Flatten)
+                        and (kids[i][1].start_dim, kids[i][1].end_dim) == (1, -1) and isinstance(kids[i + 1][1], nn.Linear)):
+                    head = (kids[i + 1][1], p + kids[i + 1][0] + ".")
+                    i += 2
+                x = L.conv(child, p + child_name + ".", state, x, ctx, pool_k=fold, relu=relu, head=head)
+                layout = "feat" if head else layout
                 continue
             x, layout = _run(child, p + child_name, state, x, layout, ctx, L)
             i += 1
@@ -761,10 +880,7 @@ def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout, ctx: Batc
     if isinstance(module, nn.Linear):
         if layout == "img":
             raise PoisonCertError(f"{name}: Linear needs flattened input")
-        w = L.linear_weight(state[p + "weight"], layout, ctx, p + "weight")  # (B, out, in)
-        if module.bias is not None:
-            return torch.baddbmm(state[p + "bias"].unsqueeze(1), x, w.transpose(1, 2)), "feat"
-        return torch.bmm(x, w.transpose(1, 2)), "feat"
+        return _linear(module, p, state, x, layout, ctx, L), "feat"
     if hasattr(module, "batched"):
         holder = {"layout": layout}
 
@@ -774,6 +890,15 @@ def _run(module: nn.Module, name: str, state, x: torch.Tensor, layout, ctx: Batc
 
         return module.batched(run, x), holder["layout"]
     raise PoisonCertError(f"{name}: layer type {type(module).__name__} has no batched implementation")
+
+
+def _linear(module: nn.Linear, p: str, state, x: torch.Tensor, layout, ctx: BatchedContext, L) -> torch.Tensor:
+    """A Linear layer (qualified name ``p`` with its dot) of B models on features (B, n, in): one
+    ``baddbmm`` (``bmm`` without a bias), each model's weight in the order of its features."""
+    w = L.linear_weight(state[p + "weight"], layout, ctx, p + "weight")  # (B, out, in)
+    if module.bias is not None:
+        return torch.baddbmm(state[p + "bias"].unsqueeze(1), x, w.transpose(1, 2))
+    return torch.bmm(x, w.transpose(1, 2))
 
 
 def _forward(template: nn.Module, state, x: torch.Tensor, ctx: BatchedContext, L) -> torch.Tensor:

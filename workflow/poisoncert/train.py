@@ -625,6 +625,7 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     del models, per_model
     params = [state[n].requires_grad_(True) for n in names]
     bufs = [torch.zeros_like(p) for p in params]  # momentum buffers (0 -> first step = grad)
+    sgd_width = _sgd_width(params, dev)
     # stacked: a Linear after a Flatten reads (h, w, c) features; its weight is kept in that order while
     # training (no permuted copy per step, forward and backward) and put back in the module's order after
     hwc = stacked_hwc_linears(template, state, shape) if strategy == "stacked" else {}
@@ -659,7 +660,6 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     str_np = np.empty((B, bsz), np.float32)
     act_np = np.empty(B, bool)
     lr_np = np.empty(B, np.float32)
-    wd, mom = config.weight_decay, config.momentum
     for t in range(T):
         idx_np.fill(dummy)
         msk_np.fill(0.0)
@@ -699,42 +699,8 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
         grads = torch.autograd.grad(loss_m.sum(), params)
 
         with torch.no_grad():
+            _sgd_step(params, grads, bufs, act_np, lr_np, config, sgd_width)
             active = torch.from_numpy(act_np).to(dev)
-            lr_t = torch.from_numpy(lr_np).to(dev)
-            # SGD (weight decay, momentum, Nesterov) as torch.optim.SGD computes it, with one foreach
-            # op per stage instead of one op per parameter; the same float operations in the same
-            # order as per parameter, so the same bits. When every model steps (the common case) the
-            # stages run in place (the same operations: IEEE sums and products commute) and a learning
-            # rate shared by every model is one scalar.
-            grads = list(grads)
-            if act_np.all():
-                if wd:
-                    d = torch._foreach_mul(params, wd)
-                    torch._foreach_add_(d, grads)  # wd * p + g
-                else:
-                    d = grads
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_add_(bufs, d)  # the new momentum, mom * m + d
-                if config.nesterov:
-                    step = torch._foreach_mul(bufs, mom)
-                    torch._foreach_add_(step, d)  # mom * m_new + d
-                else:
-                    step = bufs
-                if (lr_np == lr_np[0]).all() and config.nesterov:  # step is a fresh tensor: scale it in place
-                    torch._foreach_mul_(step, float(lr_np[0]))
-                elif (lr_np == lr_np[0]).all():
-                    step = torch._foreach_mul(step, float(lr_np[0]))
-                else:
-                    step = [lr_t.view((B,) + (1,) * (p.dim() - 1)) * st for p, st in zip(params, step)]
-                torch._foreach_sub_(params, step)
-            else:
-                d = torch._foreach_add(grads, torch._foreach_mul(params, wd)) if wd else grads
-                m_new = torch._foreach_add(torch._foreach_mul(bufs, mom), d)
-                step = torch._foreach_add(d, torch._foreach_mul(m_new, mom)) if config.nesterov else m_new
-                for p, m, mn, st in zip(params, bufs, m_new, step):
-                    a = active.view((B,) + (1,) * (p.dim() - 1))
-                    p.copy_(torch.where(a, p - lr_t.view((B,) + (1,) * (p.dim() - 1)) * st, p))
-                    m.copy_(torch.where(a, mn, m))
             for name, rm_new, rv_new in ctx.bn_updates:
                 a = active.view(B, 1)
                 state[name + ".running_mean"].copy_(torch.where(a, rm_new, state[name + ".running_mean"]))
@@ -752,6 +718,75 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
     release_scratch()
 
     return template, state, mean_b, std_b, strategy
+
+
+SGD_CACHE_BYTES = 1 << 20
+"""The working set one run of :func:`_sgd_step` may touch on a CPU (parameters, gradients, momentum and
+two temporaries of its models): half of this machine's 2 MiB per-core L2 cache (the development VM's),
+so each array comes from memory once per step and its next five uses hit the cache."""
+
+
+def _sgd_width(params: list[torch.Tensor], dev: torch.device) -> int:
+    """Models per run of :func:`_sgd_step`: as many as fit :data:`SGD_CACHE_BYTES` on a CPU (at least
+    one), the whole group on a GPU (fewer, larger kernels)."""
+    B = params[0].shape[0]
+    if dev.type != "cpu":
+        return B
+    per_model = 5 * sum(p[0].numel() * p.element_size() for p in params)
+    return max(1, min(B, SGD_CACHE_BYTES // max(per_model, 1)))
+
+
+def _sgd_runs(active: np.ndarray, lrs: np.ndarray, width: int) -> list[tuple[int, int, float]]:
+    """The [b0, b1) runs of consecutive active models sharing a learning rate, at most ``width`` models
+    each, with that rate: the models :func:`_sgd_step` updates together.
+
+    >>> _sgd_runs(np.array([True, True, False, True, True]), np.array([.1, .1, .1, .1, .2], np.float32), 8)
+    [(0, 2, 0.10000000149011612), (3, 4, 0.10000000149011612), (4, 5, 0.20000000298023224)]
+    """
+    runs: list[tuple[int, int, float]] = []
+    b, B = 0, len(active)
+    while b < B:
+        if not active[b]:
+            b += 1
+            continue
+        e = b + 1
+        while e < B and e - b < width and active[e] and lrs[e] == lrs[b]:
+            e += 1
+        runs.append((b, e, float(lrs[b])))
+        b = e
+    return runs
+
+
+def _sgd_step(params: list[torch.Tensor], grads, bufs: list[torch.Tensor], active: np.ndarray, lrs: np.ndarray,
+              config: TrainConfig, width: int) -> None:
+    """One SGD step (weight decay, momentum, Nesterov) of the active models of a stacked group, in place,
+    as ``torch.optim.SGD`` computes it for each model alone: d = g + wd * p, m = mom * m + d, then
+    p -= lr * (d + mom * m) (Nesterov) or p -= lr * m; a model that is not active keeps its
+    parameters and momentum. The same float operations in the same order as per parameter, so the
+    same bits: element-wise, with no reduction, a slice of models computes exactly what the whole
+    stack would. Runs of at most ``width`` consecutive models (:func:`_sgd_runs`) each take the five
+    stages with one ``foreach`` op per stage while their arrays are still in the cache: a whole group's
+    stack streams every array through memory once per stage. A learning rate is exactly a float32
+    (``lrs``), so the scalar multiplies as the tensor would."""
+    wd, mom = config.weight_decay, config.momentum
+    for b0, b1, lr in _sgd_runs(active, lrs, width):
+        P = [p[b0:b1] for p in params]
+        G = [g[b0:b1] for g in grads]
+        M = [m[b0:b1] for m in bufs]
+        if wd:
+            d = torch._foreach_mul(P, wd)
+            torch._foreach_add_(d, G)  # wd * p + g
+        else:
+            d = G
+        torch._foreach_mul_(M, mom)
+        torch._foreach_add_(M, d)  # the new momentum, mom * m + d
+        if config.nesterov:
+            step = torch._foreach_mul(M, mom)
+            torch._foreach_add_(step, d)  # mom * m_new + d
+            torch._foreach_mul_(step, lr)
+        else:
+            step = torch._foreach_mul(M, lr)
+        torch._foreach_sub_(P, step)
 
 
 _DROP_EXACT: dict[tuple, bool] = {}
