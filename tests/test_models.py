@@ -266,3 +266,22 @@ def test_training_flops_by_hand_at_fashion_mnist_size():
     ratio = {a: 3 * forward_flops_per_sample(build_model(a, 1, 28, 28, 10), 1, 28, 28)
              / training_flops_per_sample(build_model(a, 1, 28, 28, 10), 1, 28, 28) for a in ("small_cnn", "lenet")}
     assert round(ratio["small_cnn"], 2) == 1.35 and round(ratio["lenet"], 2) == 1.10
+
+
+def test_stacked_evaluation_per_offset_products_keep_the_group_bits_with_nan_and_inf():
+    """Evaluation multiplies one pooling-window offset at a time and folds each product into the
+    running maximum (``_window_max``'s order); the group's path takes the same maxima in the same
+    order, so both agree bit for bit even where a NaN or an infinity reaches a window (a diverged
+    model's logits must not depend on the path either; a maximum that drops NaNs, ``torch.fmax``,
+    fails here)."""
+    torch.manual_seed(0)
+    ms = [build_model("small_cnn", 1, 28, 28, 10) for _ in range(3)]
+    state = {k: torch.stack([m.state_dict()[k] for m in ms]) for k in ms[0].state_dict()}
+    x = torch.randn(3, 16, 28, 28, 1)
+    x[0, 3, 5, 7] = float("nan")
+    x[1, 2, 10, 10] = float("inf")
+    x[2, 4, 0, 0] = -float("inf")
+    with torch.no_grad():
+        fast = stacked_forward(ms[0], state, x, BatchedContext(3, None))
+        ref = stacked_forward(ms[0], state, x.clone().requires_grad_(), BatchedContext(3, None))
+    assert fast.isnan().any() and torch.equal(fast.view(torch.int32), ref.view(torch.int32))

@@ -759,12 +759,12 @@ def _sgd_runs(active: np.ndarray, lrs: np.ndarray, width: int) -> list[tuple[int
 
 def _sgd_step(params: list[torch.Tensor], grads, bufs: list[torch.Tensor], active: np.ndarray, lrs: np.ndarray,
               config: TrainConfig, width: int) -> None:
-    """One SGD step (weight decay, momentum, Nesterov) of the active models of a stacked group, in place,
-    as ``torch.optim.SGD`` computes it for each model alone: d = g + wd * p, m = mom * m + d, then
-    p -= lr * (d + mom * m) (Nesterov) or p -= lr * m; a model that is not active keeps its
-    parameters and momentum. The same float operations in the same order as per parameter, so the
-    same bits: element-wise, with no reduction, a slice of models computes exactly what the whole
-    stack would. Runs of at most ``width`` consecutive models (:func:`_sgd_runs`) each take the five
+    """One SGD step (weight decay, momentum, Nesterov) of the active models of a stacked group, in place:
+    ``torch.optim.SGD``'s update for each model alone, d = g + wd * p, m = mom * m + d, then
+    p -= lr * (d + mom * m) (Nesterov) or p -= lr * m (each product and sum rounded on its own); a
+    model that is not active keeps its parameters and momentum. Element-wise, with no reduction, so a
+    slice of models computes exactly the bits the whole stack would (tested against the group's
+    ``torch.where`` formula). Runs of at most ``width`` consecutive models (:func:`_sgd_runs`) each take the five
     stages with one ``foreach`` op per stage while their arrays are still in the cache: a whole group's
     stack streams every array through memory once per stage. A learning rate is exactly a float32
     (``lrs``), so the scalar multiplies as the tensor would."""
