@@ -28,7 +28,11 @@ Methods:
 * ``func``: ``torch.func``: the models' parameters stacked (``stack_module_state``),
   ``vmap(grad(functional_call))`` per step, ``torch.optim.SGD`` on the stacked tensors, evaluation
   ``vmap(functional_call)`` at batch 128 (BatchNorm without running statistics: vmap cannot update
-  them in place, so its evaluation uses batch statistics; the work is the same).
+  them in place, so its evaluation uses batch statistics; the work is the same);
+* ``engine@<commit>``: the engine of another revision (imported from ``git archive``, :func:`engine_at`)
+  on the same workloads in the same rounds: an A/B of a change, e.g.
+  ``--archs small_cnn --methods engine,engine@cb9dc3f --repeats 9``; its speed-up column is how much
+  faster this revision is.
 
 Ceilings: the fp32 matmul rate (``torch.mm`` of 1024x1024, same threads) and each arch's own dense
 rate (one model, batch 128, forward + backward), in GFLOP/s. FLOPs are the multiply-adds of convs
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -104,8 +109,13 @@ def synthetic_sets(n_models: int, size: int, shape, n_test: int, seed: int = 0):
 # ------------------------------------------------------------------------------------------ methods
 
 
-def run_engine(sets, seeds, test, cfg: TrainConfig):
-    """train_shard's work, training and evaluation timed apart: returns (train (cpu, wall), eval (cpu, wall))."""
+def run_engine(sets, seeds, test, cfg: TrainConfig, eng=None):
+    """train_shard's work, training and evaluation timed apart: returns (train (cpu, wall), eval (cpu, wall)).
+    ``eng``: another revision's ``poisoncert.train`` (:func:`engine_at`; its own TrainConfig with
+    ``cfg``'s values), else this one."""
+    if eng is not None:
+        cfg = eng.TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(eng.TrainConfig) if hasattr(cfg, f.name)})
+    engine = eng or globals()["engine"]
     test_t = torch.from_numpy(np.ascontiguousarray(test))
     shape = tuple(test.shape[1:])
     dev = torch.device("cpu")
@@ -291,7 +301,7 @@ def stats(xs):
     return {"min": min(xs), "median": statistics.median(xs)}
 
 
-def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm, strategy: str = "auto"):
+def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm, strategy: str = "auto", runners=None):
     cfg = TrainConfig(arch=w.arch, epochs=w.epochs, batch_size=w.batch_size, cpu_threads=threads, group_size=w.group_size,
                       strategy=strategy)
     if w.data == "fmnist":
@@ -303,7 +313,7 @@ def measure(w: Workload, repeats: int, threads: int, methods: list[str], fm, str
     for _ in range(repeats):  # interleaved: every method once per round
         for m in methods:
             torch.set_num_threads(threads)
-            (tc, tw), (ec, ew) = METHODS[m](sets, seeds, xte, cfg)
+            (tc, tw), (ec, ew) = (runners or METHODS)[m](sets, seeds, xte, cfg)
             for key, v in (("train_cpu", tc), ("train_wall", tw), ("eval_cpu", ec), ("eval_wall", ew)):
                 times[m][key].append(v)
     model = build_model(w.arch, *w.shape, N_CLASSES)
@@ -340,7 +350,7 @@ def engine_at(rev: str, where: Path):
     import tempfile
 
     repo = Path(__file__).resolve().parents[1]
-    name = f"poisoncert_{rev}"
+    name = "poisoncert_" + "".join(ch if ch.isalnum() else "_" for ch in rev)  # HEAD~1, origin/main: module names
     dest = where / name
     if not dest.is_dir():
         try:
@@ -433,7 +443,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; --quick 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--archs", default="", help="only these archs (comma-separated)")
-    ap.add_argument("--methods", default="engine,loop,func")
+    ap.add_argument("--methods", default="engine,loop,func",
+                    help="comma-separated: engine, loop, func, and engine@<commit> (the engine of another revision, "
+                         "imported from git archive and run in this process: an A/B of a change)")
     ap.add_argument("--strategy", default="auto", choices=("auto",) + engine.STRATEGIES,
                     help="the engine's execution strategy (default auto: the measured choice per arch, STRATEGY_TABLE)")
     ap.add_argument("--ensemble", action="store_true", help="also the DPA k=1200 small_cnn ensemble (one shard, extrapolated)")
@@ -450,6 +462,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     engine.keep_freed_memory()  # as train_shard does: every method below runs with glibc keeping freed buffers
     methods = [m for m in args.methods.split(",") if m]
+    runners = dict(METHODS)
+    import tempfile
+
+    revs_dir = tempfile.TemporaryDirectory(prefix="bench_engine_revs_")
+    for m in methods:
+        if m.startswith("engine@"):
+            other, why = engine_at(m.split("@", 1)[1], Path(revs_dir.name))
+            if other is None:
+                print(f"bench_engine: method {m}: {why}", file=sys.stderr)
+                return 2
+            runners[m] = functools.partial(run_engine, eng=other)
+        elif m not in METHODS:
+            print(f"bench_engine: unknown method {m!r}; valid: {', '.join(METHODS)}, engine@<commit>", file=sys.stderr)
+            return 2
     wls = [w for w in workloads(args.quick) if not args.archs or w.arch in args.archs.split(",")]
     fm = None
     if any(w.data == "fmnist" for w in wls):
@@ -496,11 +522,12 @@ def main(argv=None) -> int:
             f_rate, t_rate = dense_gflops(w.arch, w.shape, batch=16 if args.quick else 128, reps=1 if args.quick else 3)
             ceilings[key] = {"forward_gflops": f_rate, "train_gflops": t_rate}
             print(f"ceiling {key}: one model at batch {16 if args.quick else 128}: forward {f_rate:.1f}, forward+backward {t_rate:.1f} GFLOP/s", flush=True)
-        r = measure(w, repeats, args.threads, methods, fm, args.strategy)
+        r = measure(w, repeats, args.threads, methods, fm, args.strategy, runners)
         results.append(r)
         print("\n".join(fmt_table([r], peak)[2:]), flush=True)
         write()
     write()
+    revs_dir.cleanup()
     print(f"wrote {out / stem}.json and .md")
     return 0
 

@@ -41,3 +41,18 @@ def test_quick_mode_writes_the_table_for_every_method(bench, tmp_path):
 def test_the_engine_at_a_commit_that_is_not_there_is_a_reason_not_a_crash(bench, tmp_path):
     mod, why = bench.engine_at("0" * 40, tmp_path)
     assert mod is None and why.startswith("git archive " + "0" * 40 + " failed")
+
+
+def test_an_ab_against_another_revision_runs_it_in_the_same_rounds(bench, tmp_path):
+    """``--methods engine,engine@<commit>`` times another revision's engine beside this one (an A/B
+    of a change, one command); an unknown method or a commit that is not there is one line and exit 2."""
+    if bench.engine_at("HEAD", tmp_path)[0] is None:
+        pytest.skip("not a git clone with history")
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--repeats", "1", "--archs", "small_cnn", "--methods", "engine,engine@HEAD~0", "--out", str(out)]) == 0
+    res = json.loads((out / "engine_quick.json").read_text())
+    (r,) = res["results"]
+    assert set(r["methods"]) == {"engine", "engine@HEAD~0"} and r["methods"]["engine@HEAD~0"]["train_cpu"]["min"] > 0
+    assert "| engine@HEAD~0 |" in (out / "engine_quick.md").read_text()
+    assert bench.main(["--quick", "--archs", "small_cnn", "--methods", "engine,engin", "--out", str(out)]) == 2
+    assert bench.main(["--quick", "--archs", "small_cnn", "--methods", "engine@" + "0" * 40, "--out", str(out)]) == 2
