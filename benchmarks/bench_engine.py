@@ -350,7 +350,10 @@ def engine_at(rev: str, where: Path):
     import tempfile
 
     repo = Path(__file__).resolve().parents[1]
-    name = "poisoncert_" + "".join(ch if ch.isalnum() else "_" for ch in rev)  # HEAD~1, origin/main: module names
+    import hashlib
+
+    # a module name per revision name (HEAD~1, origin/main; distinct names never share one)
+    name = "poisoncert_" + "".join(ch if ch.isalnum() else "_" for ch in rev) + "_" + hashlib.sha1(rev.encode()).hexdigest()[:8]
     dest = where / name
     if not dest.is_dir():
         try:
@@ -471,6 +474,11 @@ def main(argv=None) -> int:
             other, why = engine_at(m.split("@", 1)[1], Path(revs_dir.name))
             if other is None:
                 print(f"bench_engine: method {m}: {why}", file=sys.stderr)
+                return 2
+            missing = [a for a in ("TrainConfig", "resolve_strategy", "deterministic_mode", "_fit", "_evaluate") if not hasattr(other, a)]
+            if missing:
+                print(f"bench_engine: method {m}: that revision's engine has no {', '.join(missing)} (older than the "
+                      "execution strategies; --ensemble --filed-at compares such an engine through train_shard)", file=sys.stderr)
                 return 2
             runners[m] = functools.partial(run_engine, eng=other)
         elif m not in METHODS:

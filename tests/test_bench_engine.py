@@ -56,3 +56,5 @@ def test_an_ab_against_another_revision_runs_it_in_the_same_rounds(bench, tmp_pa
     assert "| engine@HEAD~0 |" in (out / "engine_quick.md").read_text()
     assert bench.main(["--quick", "--archs", "small_cnn", "--methods", "engine,engin", "--out", str(out)]) == 2
     assert bench.main(["--quick", "--archs", "small_cnn", "--methods", "engine@" + "0" * 40, "--out", str(out)]) == 2
+    if bench.engine_at(bench.FILED_AT, tmp_path)[0] is not None:  # an engine older than the strategies: a reason, not a crash
+        assert bench.main(["--quick", "--archs", "small_cnn", "--methods", f"engine@{bench.FILED_AT}", "--out", str(out)]) == 2

@@ -135,7 +135,7 @@ def test_stacked_per_model_kernels_are_the_group_kernels_bit_for_bit(arch, shape
     def record(*a):
         used.append("_ConvPool")
         used.extend(["real rows"] if a[5] is not None and min(a[5]) < n else [])
-        used.extend(["head"] if len(a) > 6 and a[6] is not None else [])
+        used.extend(["head"] if len(a) > 7 and a[7] is not None else [])
         return real_apply(*a)
 
     monkeypatch.setattr(M._ConvPool, "apply", record)

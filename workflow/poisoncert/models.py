@@ -256,7 +256,7 @@ class BatchedContext:
     running var) for the caller to commit for the models that are active.
     """
 
-    def __init__(self, n_models: int, mask: torch.Tensor | None):
+    def __init__(self, n_models: int, mask: torch.Tensor | None, real_rows: list[int] | None = None):
         self.B = n_models
         self.mask = mask
         self.training = mask is not None
@@ -264,7 +264,7 @@ class BatchedContext:
         self.cache: dict[str, torch.Tensor] = {}  # evaluation: weights rearranged once (stacked_forward)
         self.hwc: frozenset[str] = frozenset()  # stacked: Linear weights the state holds in (h, w, c) order already
         self.hwc_seen: dict[str, tuple[int, int, int]] | None = None  # stacked_hwc_linears' record
-        self._real_rows: list[int] | None = None
+        self._real_rows: list[int] | None = list(real_rows) if real_rows is not None else None  # the trainer knows them
 
     def real_rows(self) -> list[int] | None:
         """Training: each model's number of real rows when they lead its batch (the trainer puts them
@@ -413,8 +413,10 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
     q = 1 if train_pool else max(pool_k, 1)  # output positions per window side
     Ho, Wo = Ho // q, Wo // q
     K, M, bias = kh * kw * C, q * q * n * Ho * Wo, m.bias is not None
-    if (ph or pw) and not ctx.training and not x.requires_grad:  # evaluation: a zero border written once per context
-        key = f"{p}padded{tuple(x.shape)}"
+    if (ph or pw) and not ctx.training and not x.requires_grad and x.device.type == "cpu":
+        # CPU evaluation: a zero border written once per context, the buffer shared by every layer of this padded
+        # shape (each call rewrites the whole interior and is done reading it when it returns)
+        key = f"padded{tuple(x.shape)}{ph},{pw}"
         if key not in ctx.cache:
             ctx.cache[key] = x.new_zeros(B, n, H + 2 * ph, W + 2 * pw, C)
         xp = ctx.cache[key]
@@ -461,18 +463,18 @@ def _stacked_conv(m: nn.Conv2d, p: str, state, x: torch.Tensor, ctx: "BatchedCon
         if train_pool and per_model and bmm_pairs_match(M, K + bias, m.out_channels, C != 1, B, x.dtype, x.device):
             w = _stacked_weight(ctx, p + "weight", weight)
             pooled_shape = ("hwc", m.out_channels, Ho // train_pool, Wo // train_pool)
-            real = ctx.real_rows()  # the padding images need no product, pooling or gradient (_ConvPool)
-            if real is not None and not mm_row_blocks_match(M, K + bias, m.out_channels, C == 1, _prefixes(Ho * Wo, n), x.dtype, x.device):
-                real = None
+            real = ctx.real_rows()  # the padding images need no product, pooling or pooling gradient (_ConvPool)
+            conv_rows = None if real is None else _prefix_rows(real, Ho * Wo, n, K + bias, m.out_channels, C == 1, x.dtype, x.device)
             if head is not None:
                 lin, lp = head
                 F_in = m.out_channels * (Ho // train_pool) * (Wo // train_pool)
                 if (lin.bias is not None and mm_matches_bmm(n, lin.out_features, F_in, False, B, x.dtype, x.device)
                         and mm_matches_bmm(F_in, n, lin.out_features, True, B, x.dtype, x.device)):
                     w_lin = _StackedLayout.linear_weight(state[lp + "weight"], pooled_shape, ctx, lp + "weight")
-                    return _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real, w_lin, state[lp + "bias"],
-                                           real is not None and mm_row_blocks_match(n, lin.out_features, F_in, False, _prefixes(1, n), x.dtype, x.device))
-            pooled = _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real)
+                    head_rows = None if real is None else _prefix_rows(real, 1, n, lin.out_features, F_in, False, x.dtype, x.device)
+                    return _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real, conv_rows, w_lin, state[lp + "bias"],
+                                           head_rows)
+            pooled = _ConvPool.apply(patches, w, (n, Ho, Wo), train_pool, relu, real, conv_rows)
             return _linear(head[0], head[1], state, *_StackedLayout.flatten(pooled, B), ctx, _StackedLayout) if head else pooled
     else:
         offsets = [(a, b) for a in range(q) for b in range(q)]
@@ -564,6 +566,21 @@ def _prefixes(rows: int, n: int) -> tuple[tuple[int, int], ...]:
     return tuple((0, r * rows) for r in range(1, n))
 
 
+def _prefix_rows(real: list[int], rows: int, n: int, K: int, N: int, col_major: bool, dtype: torch.dtype,
+                 device: torch.device) -> list[int]:
+    """For each model's r real images (of n, ``rows`` product rows each), the fewest images r' >= r whose
+    product, an ``mm`` of the first r' * ``rows`` rows, gives them the whole product's bits
+    (:func:`mm_row_blocks_match`, each prefix checked once; n always does, and r = 0 needs none). On
+    this machine only a prefix of one row fails (a matrix-vector product, rounded otherwise)."""
+    out = []
+    for r in real:
+        r2 = r
+        while 0 < r2 < n and not mm_row_blocks_match(n * rows, K, N, col_major, ((0, r2 * rows),), dtype, device):
+            r2 += 1
+        out.append(r2)
+    return out
+
+
 _THREAD = threading.local()
 
 
@@ -640,20 +657,24 @@ class _ConvPool(torch.autograd.Function):
     streaming the whole group's (the zero fill of the pooling gradient included) through memory.
 
     ``real`` (the trainer's batches: each model's real images first, :meth:`BatchedContext.real_rows`):
-    a model's padding images get no product, pooling or gradient, their pooled maps are zeros and
-    their gradient rows zeros (the loss never reads them; the trainer pads 28% of the rows of
-    Fashion-MNIST's k = 1200 partitions at batch 16), where :func:`mm_row_blocks_match` confirms
-    that a shorter ``mm`` gives the real rows their bits. ``w_lin``, ``b_lin``: the Linear that reads
+    a model's padding images get no pooling or pooling gradient and, as far as ``conv_rows`` allows
+    (:func:`_prefix_rows`: a shorter ``mm`` must give the real rows their bits), no product; their
+    pooled maps are zeros and their gradient rows zeros (the loss never reads them; the trainer pads
+    28% of the rows of Fashion-MNIST's k = 1200 partitions at batch 16). The patch gather and the
+    weight gradient's reduction still cover every row (the padding's gradient rows are zeros, so the
+    real rows' sums are the group's, as long as the padding images are finite: the trainer's are
+    blank images). ``w_lin``, ``b_lin``: the Linear that reads
     the flattened maps joins the step (training's ``Flatten`` -> ``Linear`` after the pool, as in
     ``small_cnn``), so its input gradient is computed model by model too (an ``mm`` each, where
     :func:`mm_matches_bmm` says it is a slice of the group's ``bmm``) and goes through the ReLU and
     pooling backward while it is in the cache, instead of the whole group's streaming through memory
-    in between (``head_prefix``: the real rows alone suffice for it). Returns the pooled maps, or with
+    in between (over ``head_rows`` rows per model, :func:`_prefix_rows`). Returns the pooled maps, or with
     the Linear its (B, n, out) output."""
 
     @staticmethod
     def forward(ctx, patches: torch.Tensor, w: torch.Tensor, grid: tuple, k: int, relu: bool, real: list[int] | None = None,
-                w_lin: torch.Tensor | None = None, b_lin: torch.Tensor | None = None, head_prefix: bool = False) -> torch.Tensor:
+                conv_rows: list[int] | None = None, w_lin: torch.Tensor | None = None, b_lin: torch.Tensor | None = None,
+                head_rows: list[int] | None = None) -> torch.Tensor:
         B, M, _ = patches.shape
         n, Ho, Wo = grid
         Cout = w.shape[-1]
@@ -663,6 +684,7 @@ class _ConvPool(torch.autograd.Function):
         # through a view whose base a later forward rewrote, so a stale value never reaches a gradient)
         out = _scratch("pooled", (B, n, Ho // k, Wo // k, Cout), w)[...]
         real = list(real) if real is not None else [n] * B
+        conv_rows = list(conv_rows) if conv_rows is not None else [n if r else 0 for r in real]
         indices = []
         for b in range(B):
             r = real[b]  # model b's real images lead its batch; its padding images' maps are zeros
@@ -671,7 +693,8 @@ class _ConvPool(torch.autograd.Function):
             if r == 0:
                 indices.append(None)
                 continue
-            torch.mm(patches[b, : r * Ho * Wo], w[b], out=conv[: r * Ho * Wo])
+            c = conv_rows[b] * Ho * Wo  # at least r images' rows: a product of fewer may round otherwise
+            torch.mm(patches[b, :c], w[b], out=conv[:c])
             y, i = F.max_pool2d(img[:r], k, k, return_indices=True)  # small fresh tensors: the allocator's warm chunks
             if relu:
                 torch.clamp_min(y.permute(0, 2, 3, 1), 0.0, out=out[b, :r])
@@ -679,7 +702,8 @@ class _ConvPool(torch.autograd.Function):
                 out[b, :r].copy_(y.permute(0, 2, 3, 1))
             indices.append(i)
         ctx.k, ctx.relu, ctx.img = k, relu, img  # img: the input's shape and strides for the pooling backward (never read)
-        ctx.head, ctx.real, ctx.head_prefix = w_lin is not None, real, head_prefix
+        ctx.head, ctx.real = w_lin is not None, real
+        ctx.head_rows = list(head_rows) if head_rows is not None else [n] * B
         ctx.idx = [j for j, i in enumerate(indices) if i is not None]
         kept = [i for i in indices if i is not None]
         if not ctx.head:
@@ -719,8 +743,8 @@ class _ConvPool(torch.autograd.Function):
                     full[b - b0, r:].zero_()
                 if r == 0:
                     continue
-                if ctx.head:  # the real rows' input gradient (all rows where a shorter mm may round differently)
-                    rows = r if ctx.head_prefix else n
+                if ctx.head:  # the real rows' input gradient (over more rows where a shorter mm may round otherwise)
+                    rows = ctx.head_rows[b]
                     gb = torch.mm(g[b, :rows], w_lin[b], out=g_in[:rows])[:r].view(out[b, :r].shape)
                 else:
                     gb = g[b, :r]
@@ -729,7 +753,7 @@ class _ConvPool(torch.autograd.Function):
                     gb.permute(0, 3, 1, 2), img[:r], [k, k], [k, k], [0, 0], [1, 1], False, indices[b],
                     grad_input=full[b - b0, :r].permute(0, 3, 1, 2))
             torch.bmm(pt[b0:b1], full.view(b1 - b0, M, Cout), out=grad_w[b0:b1])
-        return None, grad_w, None, None, None, None, *grads_lin, None
+        return None, grad_w, None, None, None, None, None, *grads_lin, None
 
 
 def _window_max(offsets, out: torch.Tensor | None = None) -> torch.Tensor:

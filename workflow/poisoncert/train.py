@@ -691,7 +691,7 @@ def _fit_group(sets, seeds, shape, K: int, config: TrainConfig, dev: torch.devic
         x = to_layout(_normalize(u8.view(B, bsz, C, H, W), mean_b, std_b), cl)  # from (B, b, C, H, W)
         y1h = F.one_hot(label_store[idx].view(B, bsz), K).to(torch.float32)
 
-        ctx = BatchedContext(B, mask_bt.t().contiguous())
+        ctx = BatchedContext(B, mask_bt.t().contiguous(), real_rows=[int(c) for c in msk_np.sum(1)])  # real rows lead
         ctx.hwc = frozenset(hwc)
         logits = forward(template, state, x, ctx)  # (B, b, K)
         nll = -(torch.log_softmax(logits, dim=-1) * y1h).sum(-1)  # (B, b)
