@@ -536,12 +536,12 @@ def mm_row_blocks_match(M: int, K: int, N: int, col_major: bool, blocks: tuple[t
     """Whether this machine's ``torch.mm`` of rows [r0, r1) of an (M, K) matrix (column-major if
     ``col_major``, a slice of the same storage) by a (K, N) one gives those rows the bits of the whole
     product, for every block of ``blocks``: the per-model kernels skip a model's padding images
-    (:class:`_ConvPool`, the blocks are prefixes: :func:`_prefixes`) and multiply one pooling-window
+    (:class:`_ConvPool`, the blocks are prefixes: :func:`_prefix_rows`) and multiply one pooling-window
     offset at a time (:func:`_stacked_conv_eval`, the blocks are the offsets' rows) where it does (a
     block of one row may run as a matrix-vector product, rounded otherwise). Decided once per process,
     shape, blocks and :func:`kernel_settings`, on random operands.
 
-    >>> mm_row_blocks_match(64, 10, 32, True, _prefixes(16, 4))
+    >>> mm_row_blocks_match(64, 10, 32, True, ((0, 16), (0, 32), (0, 48)))
     True
     """
     return _mm_row_blocks_match(M, K, N, col_major, tuple(blocks), dtype, torch.device(device), kernel_settings())
@@ -555,15 +555,6 @@ def _mm_row_blocks_match(M: int, K: int, N: int, col_major: bool, blocks: tuple,
     a, w = a.to(device), torch.randn(K, N, generator=g, dtype=dtype).to(device)
     ref = torch.mm(a, w)
     return all(torch.equal(torch.mm(a[r0:r1], w), ref[r0:r1]) for r0, r1 in blocks)
-
-
-def _prefixes(rows: int, n: int) -> tuple[tuple[int, int], ...]:
-    """The row blocks of the first r of n images of ``rows`` rows each, 0 < r < n.
-
-    >>> _prefixes(3, 3)
-    ((0, 3), (0, 6))
-    """
-    return tuple((0, r * rows) for r in range(1, n))
 
 
 def _prefix_rows(real: list[int], rows: int, n: int, K: int, N: int, col_major: bool, dtype: torch.dtype,
